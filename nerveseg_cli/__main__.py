@@ -1,0 +1,3 @@
+from nerveseg_cli.cli import main
+
+main()

@@ -1,0 +1,119 @@
+"""What every command shares: error handling, warnings, consoles, progress, common options."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass
+class _State:
+    debug: bool = False
+
+
+state = _State()
+stdout = Console(highlight=False, soft_wrap=False)
+stderr = Console(stderr=True, highlight=False)
+
+
+def fail(message: str) -> typer.Exit:
+    stderr.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    return typer.Exit(code=2)
+
+
+def handle_errors(command: F) -> F:
+    """Turn NervesegError (and OS errors) into one line on stderr and exit code 2."""
+    from nerveseg_cli.errors import NervesegError
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (NervesegError, OSError) as exc:
+            if state.debug:
+                raise
+            raise fail(str(exc)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def install_warning_printer() -> None:
+    """Print NervesegWarning as ``warning: ...`` lines on stderr (other warnings unchanged)."""
+    from nerveseg_cli.io import NervesegWarning
+
+    original = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+        if issubclass(category, NervesegWarning):
+            stderr.print(f"warning: {message}", markup=False, highlight=False, soft_wrap=True)
+        else:
+            original(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    warnings.simplefilter("always", NervesegWarning)
+
+
+@contextmanager
+def progress_bar(total: int | None, description: str) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar on stderr; yields ``advance(n)`` (thread-safe)."""
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns, console=stderr, transient=True,
+                  disable=not stderr.is_terminal) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda n=1: progress.advance(task, n)
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str, allow_nan=True) + "\n")
+
+
+def key_value_table(title: str, rows: dict[str, Any]) -> Table:
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column("what", style="bold")
+    table.add_column("value", justify="right")
+    for key, value in rows.items():
+        table.add_row(key, format_value(value))
+    return table
+
+
+def format_value(value: Any) -> str:
+    if isinstance(value, float):
+        return "n/a" if value != value else f"{value:.4f}"
+    return str(value)
+
+
+# Options shared by name across commands (DESIGN.md: same option, same name everywhere).
+Overwrite = Annotated[bool, typer.Option("--overwrite",
+                                         help="Write into an existing output.")]
+Workers = Annotated[int, typer.Option("--workers", min=1,
+                                      help="Threads for decoding and writing files.")]
+JsonOutput = Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")]
+Threshold = Annotated[float | None, typer.Option(
+    "--threshold", min=0.0, max=1.0,
+    help="Probability cut: a pixel is foreground when value/255 > T. [default: 0.5]")]
+MinArea = Annotated[int | None, typer.Option(
+    "--min-area", min=0,
+    help="Empty any prediction with fewer foreground pixels. [default: 0]")]
+PostprocessFile = Annotated[Path | None, typer.Option(
+    "--postprocess", exists=False, dir_okay=False,
+    help="postprocess.json (from score --sweep-*) giving threshold and min-area; explicit "
+         "--threshold/--min-area win.")]
+Size = Annotated[str, typer.Option(
+    "--size", help="Image size WxH for masks decoded from a Kaggle CSV.")]
+Label = Annotated[int | None, typer.Option(
+    "--label", help="Read masks as label maps: foreground = pixels equal to N.")]

@@ -1,0 +1,165 @@
+"""``nerveseg score``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from nerveseg_cli.cli._app import PANEL_SUBMIT, app
+from nerveseg_cli.cli._common import (
+    JsonOutput,
+    Label,
+    MinArea,
+    Overwrite,
+    PostprocessFile,
+    Size,
+    Threshold,
+    Workers,
+    format_value,
+    handle_errors,
+    key_value_table,
+    print_json,
+    progress_bar,
+    stderr,
+    stdout,
+)
+
+SUMMARY_LABELS = {
+    "images": "images", "dice": "Kaggle mean Dice", "iou": "mean IoU",
+    "dice_on_positive": "mean Dice, nerve images", "dice_on_empty": "mean Dice, empty images",
+    "precision": "pixel precision", "recall": "pixel recall", "specificity": "pixel specificity",
+    "pixel_accuracy": "pixel accuracy", "auc": "pixel AUC",
+    "presence_tp": "presence TP", "presence_fp": "presence FP",
+    "presence_fn": "presence FN", "presence_tn": "presence TN",
+    "threshold": "threshold", "min_area": "min area",
+    "missing_predictions": "missing predictions (scored empty)",
+}
+
+
+@app.command("score", rich_help_panel=PANEL_SUBMIT)
+@handle_errors
+def score_command(
+    pred: Annotated[Path, typer.Argument(
+        help="Predictions: mask set, probability folder or Kaggle CSV.")],
+    gt: Annotated[Path, typer.Argument(
+        help="Ground truth: mask set, manifest or Kaggle train CSV.")],
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Folder for per_image.csv and summary.json.")] = None,
+    threshold: Threshold = None,
+    min_area: MinArea = None,
+    postprocess: PostprocessFile = None,
+    size: Size = "580x420",
+    label: Label = None,
+    by: Annotated[str | None, typer.Option(
+        "--by", help="'subject' adds a per-subject table.")] = None,
+    subject_regex: Annotated[str | None, typer.Option(
+        "--subject-regex", help="Regex whose first group is the subject of an id.")] = None,
+    allow_missing: Annotated[bool, typer.Option(
+        "--allow-missing", help="Score ground-truth ids without a prediction as empty.")
+    ] = False,
+    sweep_threshold: Annotated[str | None, typer.Option(
+        "--sweep-threshold", help="Grid of thresholds START:STOP:STEP, e.g. 0.3:0.7:0.05.")
+    ] = None,
+    sweep_min_area: Annotated[str | None, typer.Option(
+        "--sweep-min-area", help="Grid of min areas START:STOP:STEP, e.g. 0:5000:250.")
+    ] = None,
+    postprocess_out: Annotated[Path | None, typer.Option(
+        "--postprocess-out", help="Where a sweep writes its best pair. [default: "
+        "OUT/postprocess.json, or ./postprocess.json without --out]")] = None,
+    overlays: Annotated[Path | None, typer.Option(
+        "--overlays", help="Folder for overlay PNGs (needs --images).")] = None,
+    images: Annotated[Path | None, typer.Option(
+        "--images", help="Image set the overlays are drawn on.")] = None,
+    worst: Annotated[int | None, typer.Option(
+        "--worst", min=1, help="Only overlay the N lowest-Dice images.")] = None,
+    overwrite: Overwrite = False,
+    workers: Workers = 4,
+    json_output: JsonOutput = False,
+) -> None:
+    """Score predictions against ground truth exactly as Kaggle does, with the details."""
+    from nerveseg_cli.errors import NervesegError
+    from nerveseg_cli.io import check_output_dir, check_output_file, parse_size
+    from nerveseg_cli.score import score, write_outputs, write_overlays, write_postprocess
+
+    if by not in (None, "subject"):
+        raise NervesegError(f"--by {by!r}: only 'subject' is supported")
+    if overlays is not None and images is None:
+        raise NervesegError("--overlays needs --images (the image set to draw on)")
+    dims = parse_size(size)
+    sweeping = bool(sweep_threshold or sweep_min_area)
+    post_path = None
+    if sweeping:
+        post_path = postprocess_out or (out / "postprocess.json" if out else
+                                        Path("postprocess.json"))
+        check_output_file(post_path, overwrite)
+    # Refuse unusable outputs before the (possibly long) scoring pass.
+    for folder in (out, overlays):
+        if folder is not None:
+            check_output_dir(folder, overwrite)
+    with progress_bar(None, "score") as advance:
+        report = score(pred, gt, threshold=threshold, min_area=min_area,
+                       postprocess=postprocess, size=dims, label=label,
+                       allow_missing=allow_missing, subject_regex=subject_regex,
+                       sweep_thresholds=sweep_threshold, sweep_min_areas=sweep_min_area,
+                       workers=workers, progress=advance)
+    written: list[Path] = []
+    if out is not None:
+        written += write_outputs(report, out, overwrite=overwrite, by_subject=by == "subject")
+    if report.sweep is not None and post_path is not None:
+        written.append(write_postprocess(report.sweep, post_path, str(pred), overwrite))
+    if overlays is not None and images is not None:
+        written += write_overlays(report, pred, gt, images, overlays, worst=worst, size=dims,
+                                  label=label, overwrite=overwrite, workers=workers)
+
+    summary = report.summary
+    if json_output:
+        data: dict = {"summary": summary}
+        if by == "subject":
+            data["subjects"] = report.by_subject().to_dict(orient="records")
+        if report.sweep is not None:
+            t, a, d = report.sweep.best
+            data["sweep"] = {"best": {"threshold": t, "min_area": a, "dice": d},
+                             "thresholds": report.sweep.thresholds.tolist(),
+                             "min_areas": report.sweep.min_areas.tolist(),
+                             "dice": report.sweep.mean_dice.tolist()}
+        print_json(data)
+    else:
+        stdout.print(key_value_table(f"score: {pred} vs {gt}",
+                                     {SUMMARY_LABELS[k]: v for k, v in summary.items()}))
+        if by == "subject":
+            stdout.print(_subject_table(report))
+        if report.sweep is not None:
+            stdout.print(_sweep_table(report.sweep))
+    if written and not json_output:
+        stderr.print(f"wrote {len(written)} files"
+                     + (f" (first: {written[0]})" if written else ""), markup=False)
+
+
+def _subject_table(report) -> Table:  # noqa: ANN001
+    table = Table(title="by subject", title_justify="left")
+    for column in ("subject", "images", "dice", "positives", "predicted"):
+        table.add_column(column, justify="left" if column == "subject" else "right")
+    for row in report.by_subject().itertuples(index=False):
+        table.add_row(str(row.subject), str(row.images), format_value(float(row.dice)),
+                      str(row.positives), str(row.predicted))
+    return table
+
+
+def _sweep_table(sweep) -> Table:  # noqa: ANN001
+    best_t, best_a, best_d = sweep.best
+    table = Table(title=f"mean Dice by min area (rows) and threshold (columns); best "
+                        f"{best_d:.4f} at threshold {best_t:g}, min area {best_a}",
+                  title_justify="left")
+    table.add_column("min area", justify="right")
+    for t in sweep.thresholds:
+        table.add_column(f"{t:g}", justify="right")
+    for j, area in enumerate(sweep.min_areas):
+        cells = []
+        for i, t in enumerate(sweep.thresholds):
+            text = f"{sweep.mean_dice[i, j]:.4f}"
+            cells.append(f"[bold]{text}[/bold]" if (t == best_t and area == best_a) else text)
+        table.add_row(str(area), *cells)
+    return table

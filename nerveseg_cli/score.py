@@ -1,0 +1,412 @@
+"""Kaggle scoring: mean Dice with empty-on-empty = 1, and the figures a competitor needs next.
+
+Everything derives from two 256-bin histograms per image of the prediction's 8-bit values: one
+over all pixels, one over ground-truth pixels. At threshold level L (foreground = value > L)
+the true positives are the ground-truth pixels above L and the predicted area all pixels above
+L, so any threshold, any min-area and the exact pixel AUC come from the histograms without
+re-reading an image or holding pixel lists.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from nerveseg_cli.errors import NervesegError
+from nerveseg_cli.io import (
+    MaskSetChecker,
+    atomic_write_text,
+    check_output_file,
+    discover_images,
+    prepare_output_dir,
+    read_image,
+    sort_ids,
+    thread_map,
+    threshold_level,
+    warn,
+    write_image,
+)
+from nerveseg_cli.rle import PostProcess, resolve_postprocess
+from nerveseg_cli.sources import MapSource, open_source
+
+N_LEVELS = 256
+
+
+# --------------------------------------------------------------------------------------------
+# functional core
+
+
+def value_histograms(values: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(histogram of values over ground-truth pixels, histogram over all pixels), int64."""
+    if values.shape != truth.shape:
+        raise ValueError(f"prediction {values.shape} and ground truth {truth.shape} differ")
+    values = np.ascontiguousarray(values, dtype=np.uint8)
+    everything = cv2.calcHist([values], [0], None, [N_LEVELS], [0, N_LEVELS])
+    on_truth = cv2.calcHist([values], [0], truth.astype(np.uint8), [N_LEVELS], [0, N_LEVELS])
+    return on_truth.reshape(-1).astype(np.int64), everything.reshape(-1).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Per-image pixel confusion counts (arrays of shape (N,) or broadcastable)."""
+
+    tp: np.ndarray
+    fp: np.ndarray
+    fn: np.ndarray
+    tn: np.ndarray
+
+    @property
+    def pred_area(self) -> np.ndarray:
+        return self.tp + self.fp
+
+    @property
+    def gt_area(self) -> np.ndarray:
+        return self.tp + self.fn
+
+
+def counts_from_histograms(truth_hist: np.ndarray, all_hist: np.ndarray, level: int,
+                           min_area: int = 0) -> Counts:
+    """Counts at ``value > level`` with predictions under ``min_area`` pixels emptied.
+
+    The histograms are (N, 256). ``level`` may be an array of shape (T,): the counts then have
+    shape (T, N), one row per level.
+    """
+    tp = _at_level(_above(truth_hist), level)
+    area = _at_level(_above(all_hist), level)
+    gt_area = truth_hist.sum(axis=-1)
+    n_pixels = all_hist.sum(axis=-1)
+    kept = area >= np.asarray(min_area)
+    tp = np.where(kept, tp, 0)
+    area = np.where(kept, area, 0)
+    fp = area - tp
+    fn = gt_area - tp
+    return Counts(tp, fp, fn, n_pixels - tp - fp - fn)
+
+
+def _at_level(above: np.ndarray, level: int | np.ndarray) -> np.ndarray:
+    """Pixels above ``level`` for each image: shape ``level.shape + (N,)``."""
+    return np.moveaxis(above[:, np.asarray(level) + 1], 0, -1)
+
+
+def _above(hist: np.ndarray) -> np.ndarray:
+    """above[..., k] = number of pixels with value >= k, for k in 0..256."""
+    suffix = np.cumsum(hist[..., ::-1], axis=-1)[..., ::-1]
+    return np.concatenate([suffix, np.zeros(hist.shape[:-1] + (1,), dtype=hist.dtype)], axis=-1)
+
+
+def dice(counts: Counts) -> np.ndarray:
+    """Per-image Dice, 1 when prediction and ground truth are both empty (Kaggle's rule)."""
+    denom = 2 * counts.tp + counts.fp + counts.fn
+    return np.where(denom == 0, 1.0, 2 * counts.tp / np.maximum(denom, 1))
+
+
+def iou(counts: Counts) -> np.ndarray:
+    """Per-image IoU, 1 when both are empty."""
+    denom = counts.tp + counts.fp + counts.fn
+    return np.where(denom == 0, 1.0, counts.tp / np.maximum(denom, 1))
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num / den) if den else float("nan")
+
+
+def pixel_auc(truth_hist: np.ndarray, all_hist: np.ndarray) -> float:
+    """Exact ROC AUC over pooled pixels (ties count one half), from summed histograms."""
+    pos = truth_hist.reshape(-1, N_LEVELS).sum(axis=0).astype(np.float64)
+    neg = all_hist.reshape(-1, N_LEVELS).sum(axis=0).astype(np.float64) - pos
+    n_pos, n_neg = pos.sum(), neg.sum()
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    neg_below = np.concatenate(([0.0], np.cumsum(neg)[:-1]))
+    return float((pos * (neg_below + 0.5 * neg)).sum() / (n_pos * n_neg))
+
+
+def summarize(counts: Counts, truth_hist: np.ndarray | None = None,
+              all_hist: np.ndarray | None = None) -> dict[str, float | int]:
+    """The summary figures over a set of images (see docs/score.md for each definition)."""
+    d = dice(counts)
+    gt_present = counts.gt_area > 0
+    pred_present = counts.pred_area > 0
+    tp, fp, fn, tn = (int(x.sum()) for x in (counts.tp, counts.fp, counts.fn, counts.tn))
+    summary: dict[str, float | int] = {
+        "images": int(d.size),
+        "dice": float(d.mean()) if d.size else float("nan"),
+        "iou": float(iou(counts).mean()) if d.size else float("nan"),
+        "dice_on_positive": float(d[gt_present].mean()) if gt_present.any() else float("nan"),
+        "dice_on_empty": float(d[~gt_present].mean()) if (~gt_present).any() else float("nan"),
+        "precision": _ratio(tp, tp + fp),
+        "recall": _ratio(tp, tp + fn),
+        "specificity": _ratio(tn, tn + fp),
+        "pixel_accuracy": _ratio(tp + tn, tp + fp + fn + tn),
+        "presence_tp": int((gt_present & pred_present).sum()),
+        "presence_fp": int((~gt_present & pred_present).sum()),
+        "presence_fn": int((gt_present & ~pred_present).sum()),
+        "presence_tn": int((~gt_present & ~pred_present).sum()),
+    }
+    if truth_hist is not None and all_hist is not None:
+        summary["auc"] = pixel_auc(truth_hist, all_hist)
+    return summary
+
+
+def frange(spec: str, name: str, integer: bool = False) -> np.ndarray:
+    """Parse ``start:stop:step`` (stop included) or a single value."""
+    try:
+        parts = [float(p) for p in spec.split(":")]
+    except ValueError:
+        raise NervesegError(f"{name} {spec!r} is not START:STOP:STEP") from None
+    if len(parts) == 1:
+        parts = [parts[0], parts[0], 1.0]
+    if len(parts) != 3 or parts[2] <= 0 or parts[1] < parts[0]:
+        raise NervesegError(f"{name} {spec!r} is not START:STOP:STEP with STEP > 0 and "
+                            "STOP >= START")
+    start, stop, step = parts
+    n = int(np.floor((stop - start) / step + 1e-9)) + 1
+    values = start + step * np.arange(n)
+    return np.round(values).astype(np.int64) if integer else np.round(values, 10)
+
+
+# --------------------------------------------------------------------------------------------
+# scoring a prediction set against ground truth
+
+
+@dataclass
+class Sweep:
+    thresholds: np.ndarray
+    min_areas: np.ndarray
+    mean_dice: np.ndarray  # (len(thresholds), len(min_areas))
+
+    @property
+    def best(self) -> tuple[float, int, float]:
+        """(threshold, min_area, mean Dice) of the best cell; ties go to the first cell."""
+        t, a = np.unravel_index(int(np.argmax(np.round(self.mean_dice, 12))),
+                                self.mean_dice.shape)
+        return float(self.thresholds[t]), int(self.min_areas[a]), float(self.mean_dice[t, a])
+
+
+@dataclass
+class ScoreReport:
+    ids: list[str]
+    subjects: list[str]
+    counts: Counts
+    truth_hist: np.ndarray
+    all_hist: np.ndarray
+    post: PostProcess
+    probabilities: bool
+    missing_predictions: list[str] = field(default_factory=list)
+    sweep: Sweep | None = None
+
+    @property
+    def dice(self) -> np.ndarray:
+        return dice(self.counts)
+
+    @property
+    def summary(self) -> dict[str, float | int]:
+        result = summarize(self.counts, *((self.truth_hist, self.all_hist)
+                                          if self.probabilities else ()))
+        result["threshold"] = self.post.threshold
+        result["min_area"] = self.post.min_area
+        result["missing_predictions"] = len(self.missing_predictions)
+        return result
+
+    def per_image(self):
+        import pandas as pd
+
+        c = self.counts
+        return pd.DataFrame({
+            "id": self.ids, "subject": self.subjects,
+            "dice": self.dice, "iou": iou(c),
+            "gt_area": c.gt_area, "pred_area": c.pred_area,
+            "tp": c.tp, "fp": c.fp, "fn": c.fn, "tn": c.tn,
+        })
+
+    def by_subject(self):
+        table = self.per_image()
+        table["gt_present"] = table["gt_area"] > 0
+        table["pred_present"] = table["pred_area"] > 0
+        grouped = table.groupby("subject", sort=False)
+        result = grouped.agg(images=("id", "size"), dice=("dice", "mean"),
+                             positives=("gt_present", "sum"),
+                             predicted=("pred_present", "sum")).reset_index()
+        from nerveseg_cli.io import id_sort_key
+
+        return result.sort_values("subject", key=lambda s: s.map(id_sort_key),
+                                  ignore_index=True)
+
+
+def _match_ids(pred: MapSource, gt: MapSource, allow_missing: bool) -> tuple[list[str],
+                                                                            list[str]]:
+    pred_ids, gt_ids = set(pred.ids), set(gt.ids)
+    only_gt = sort_ids(gt_ids - pred_ids)
+    only_pred = sort_ids(pred_ids - gt_ids)
+    if (only_gt or only_pred) and not allow_missing:
+        parts = []
+        if only_gt:
+            parts.append(f"{len(only_gt)} ground-truth ids have no prediction "
+                         f"(first: {', '.join(only_gt[:5])})")
+        if only_pred:
+            parts.append(f"{len(only_pred)} predictions have no ground truth "
+                         f"(first: {', '.join(only_pred[:5])})")
+        raise NervesegError(f"{pred.path} vs {gt.path}: {'; '.join(parts)}; pass "
+                            "--allow-missing to score missing predictions as empty")
+    if only_pred:
+        warn(f"{pred.path}: {len(only_pred)} predictions have no ground truth and are ignored")
+    return gt.ids, only_gt
+
+
+def score(pred: str | Path, gt: str | Path, *, threshold: float | None = None,
+          min_area: int | None = None, postprocess: str | Path | None = None,
+          size: tuple[int, int] = (580, 420), label: int | None = None,
+          allow_missing: bool = False, subject_regex: str | None = None,
+          sweep_thresholds: str | None = None, sweep_min_areas: str | None = None,
+          workers: int = 4, progress: Callable[[int], None] | None = None) -> ScoreReport:
+    """``nerveseg score``: compare a prediction set with ground truth, image by image."""
+    post = resolve_postprocess(threshold, min_area, postprocess)
+    pred_source = open_source(pred, size, subject_regex)
+    gt_source = open_source(gt, size, subject_regex)
+    ids, missing = _match_ids(pred_source, gt_source, allow_missing)
+    missing_set = set(missing)
+    checker = MaskSetChecker()
+
+    def histograms(sample_id: str) -> tuple[np.ndarray, np.ndarray]:
+        truth = gt_source.read_mask(sample_id, label, checker)
+        if sample_id in missing_set:
+            values = np.zeros(truth.shape, dtype=np.uint8)
+        else:
+            values = pred_source.read_values(sample_id)
+            if values.shape != truth.shape:
+                raise NervesegError(
+                    f"{pred_source.files.get(sample_id, pred_source.path)}: prediction is "
+                    f"{values.shape[1]}x{values.shape[0]} but the ground truth of "
+                    f"{sample_id} is {truth.shape[1]}x{truth.shape[0]}")
+        result = value_histograms(values, truth)
+        if progress:
+            progress(1)
+        return result
+
+    pairs = list(thread_map(histograms, ids, workers))
+    checker.finish(str(gt))
+    truth_hist = np.stack([p[0] for p in pairs]) if pairs else np.zeros((0, N_LEVELS), np.int64)
+    all_hist = np.stack([p[1] for p in pairs]) if pairs else np.zeros((0, N_LEVELS), np.int64)
+    counts = counts_from_histograms(truth_hist, all_hist, threshold_level(post.threshold),
+                                    post.min_area)
+    intermediate = np.any(all_hist[:, 1:N_LEVELS - 1] > 0)
+    report = ScoreReport(ids, [gt_source.subjects[i] for i in ids], counts, truth_hist,
+                         all_hist, post, bool(intermediate or pred_source.has_prediction_json),
+                         missing)
+    if sweep_thresholds or sweep_min_areas:
+        report.sweep = sweep(truth_hist, all_hist,
+                             frange(sweep_thresholds, "--sweep-threshold")
+                             if sweep_thresholds else np.array([post.threshold]),
+                             frange(sweep_min_areas, "--sweep-min-area", integer=True)
+                             if sweep_min_areas else np.array([post.min_area]))
+    return report
+
+
+def sweep(truth_hist: np.ndarray, all_hist: np.ndarray, thresholds: Sequence[float],
+          min_areas: Sequence[int]) -> Sweep:
+    """Mean Dice for every (threshold, min_area) pair, vectorised over the whole grid."""
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    min_areas = np.asarray(min_areas, dtype=np.int64)
+    levels = np.array([threshold_level(t) for t in thresholds])
+    grid = np.empty((thresholds.size, min_areas.size))
+    for j, area in enumerate(min_areas):  # one vectorised pass per min-area value
+        grid[:, j] = dice(counts_from_histograms(truth_hist, all_hist, levels,
+                                                 int(area))).mean(axis=-1)
+    return Sweep(thresholds, min_areas, grid)
+
+
+# --------------------------------------------------------------------------------------------
+# outputs
+
+
+def write_outputs(report: ScoreReport, out: str | Path, *, overwrite: bool = False,
+                  by_subject: bool = False) -> list[Path]:
+    """Write per_image.csv, summary.json (and subjects.csv, sweep.csv) into ``out``."""
+    out = prepare_output_dir(out, overwrite)
+    written = [out / "per_image.csv", out / "summary.json"]
+    atomic_write_text(written[0], report.per_image().to_csv(index=False, float_format="%.6f"))
+    atomic_write_text(written[1], json.dumps(report.summary, indent=2, allow_nan=True) + "\n")
+    if by_subject:
+        written.append(out / "subjects.csv")
+        atomic_write_text(written[-1], report.by_subject().to_csv(index=False,
+                                                                  float_format="%.6f"))
+    if report.sweep is not None:
+        written.append(out / "sweep.csv")
+        atomic_write_text(written[-1], sweep_csv(report.sweep))
+    return written
+
+
+def sweep_csv(result: Sweep) -> str:
+    lines = ["threshold,min_area,dice"]
+    for i, t in enumerate(result.thresholds):
+        for j, a in enumerate(result.min_areas):
+            lines.append(f"{t:g},{a},{result.mean_dice[i, j]:.6f}")
+    return "\n".join(lines) + "\n"
+
+
+def write_postprocess(result: Sweep, path: str | Path, source: str, overwrite: bool) -> Path:
+    """Write the best (threshold, min_area) pair as postprocess.json for rle-encode/predict."""
+    path = check_output_file(path, overwrite)
+    threshold, min_area, best = result.best
+    atomic_write_text(path, json.dumps({
+        "threshold": threshold, "min_area": min_area, "mean_dice": best,
+        "chosen_from": source,
+        "thresholds": [float(t) for t in result.thresholds],
+        "min_areas": [int(a) for a in result.min_areas],
+    }, indent=2) + "\n")
+    return path
+
+
+OVERLAY_COLOURS = {"gt": (0, 0, 255), "pred": (0, 255, 0), "both": (0, 255, 255)}  # BGR
+
+
+def overlay(image: np.ndarray, truth: np.ndarray, pred: np.ndarray,
+            alpha: float = 0.45) -> np.ndarray:
+    """Grayscale image with ground truth red, prediction green, overlap yellow (BGR)."""
+    canvas = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR).astype(np.float32)
+    for key, region in (("gt", truth & ~pred), ("pred", pred & ~truth), ("both", truth & pred)):
+        canvas[region] = (1 - alpha) * canvas[region] + alpha * np.array(OVERLAY_COLOURS[key])
+    for mask, colour in ((truth, OVERLAY_COLOURS["gt"]), (pred, OVERLAY_COLOURS["pred"])):
+        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL,
+                                       cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(canvas, contours, -1, colour, 1)
+    return canvas.round().astype(np.uint8)
+
+
+def write_overlays(report: ScoreReport, pred: str | Path, gt: str | Path,
+                   images: str | Path, out: str | Path, *, worst: int | None = None,
+                   size: tuple[int, int] = (580, 420), label: int | None = None,
+                   overwrite: bool = False, workers: int = 4) -> list[Path]:
+    """Overlay PNGs (``RANK_ID.png``, worst first) for the ``worst`` lowest-Dice images."""
+    image_files = {s.id: s.image for s in discover_images(images)}
+    order = np.lexsort((np.arange(len(report.ids)), report.dice))
+    chosen = [report.ids[i] for i in order[: worst if worst is not None else len(order)]]
+    absent = [i for i in chosen if i not in image_files]
+    if absent:
+        raise NervesegError(f"{images}: no image for {len(absent)} scored ids "
+                            f"(first: {', '.join(absent[:5])})")
+    out = prepare_output_dir(out, overwrite)
+    pred_source, gt_source = open_source(pred, size), open_source(gt, size)
+    missing = set(report.missing_predictions)
+    width = len(str(len(chosen)))
+
+    def draw(item: tuple[int, str]) -> Path:
+        rank, sample_id = item
+        image = read_image(image_files[sample_id])
+        truth = gt_source.read_mask(sample_id, label)
+        pred_mask = (np.zeros_like(truth) if sample_id in missing
+                     else report.post.apply(pred_source.read_values(sample_id)))
+        if image.shape != truth.shape:
+            raise NervesegError(f"{image_files[sample_id]}: image is "
+                                f"{image.shape[1]}x{image.shape[0]}, its mask "
+                                f"{truth.shape[1]}x{truth.shape[0]}")
+        path = out / f"{rank:0{width}d}_{sample_id}.png"
+        write_image(path, overlay(image, truth, pred_mask))
+        return path
+
+    return list(thread_map(draw, list(enumerate(chosen, start=1)), workers))

@@ -1,0 +1,92 @@
+"""Per-image map sources: one interface over mask folders, probability folders, manifests and
+Kaggle CSVs, so ``score`` and ``rle-encode`` accept any of them and read one image at a time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from nerveseg_cli.errors import NervesegError
+from nerveseg_cli.io import (
+    MaskSetChecker,
+    discover_maps,
+    id_sort_key,
+    is_manifest,
+    mask_from_array,
+    read_manifest,
+    read_raw,
+    sort_ids,
+    subject_of,
+    to_uint8_gray,
+    warn,
+)
+from nerveseg_cli.rle import parse_table, read_rle_csv, runs_to_mask
+
+PREDICTION_JSON = "prediction.json"
+
+
+@dataclass
+class MapSource:
+    """id -> per-image map, read lazily from files or from validated RLE runs."""
+
+    path: Path
+    kind: str  # "folder", "manifest" or "csv"
+    size: tuple[int, int]
+    subjects: dict[str, str]
+    files: dict[str, Path] = field(default_factory=dict)
+    runs: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    has_prediction_json: bool = False
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self.subjects)
+
+    def read_values(self, sample_id: str) -> np.ndarray:
+        """The map as uint8 0..255 (a probability map, or a 0/255 mask)."""
+        if self.kind == "csv":
+            return self._from_runs(sample_id).astype(np.uint8) * 255
+        return to_uint8_gray(read_raw(self.files[sample_id]))
+
+    def read_mask(self, sample_id: str, label: int | None = None,
+                  checker: MaskSetChecker | None = None) -> np.ndarray:
+        """The map as a bool mask by the mask rule (> half range, or == label)."""
+        if self.kind == "csv":
+            return self._from_runs(sample_id)
+        raw = read_raw(self.files[sample_id])
+        mask = mask_from_array(raw, label)
+        if checker is not None and label is None:
+            checker.update(raw, mask)
+        return mask
+
+    def _from_runs(self, sample_id: str) -> np.ndarray:
+        width, height = self.size
+        return np.ascontiguousarray(runs_to_mask(*self.runs[sample_id], height, width))
+
+
+def open_source(path: str | Path, size: tuple[int, int] = (580, 420),
+                subject_regex: str | None = None) -> MapSource:
+    """Open a folder of maps, a manifest (its mask column) or a Kaggle CSV as a MapSource."""
+    path = Path(path)
+    if path.is_file():
+        if path.suffix.lower() != ".csv":
+            raise NervesegError(f"{path}: expected a folder, a manifest CSV or a Kaggle CSV")
+        if is_manifest(path):
+            samples = read_manifest(path)
+            labelled = [s for s in samples if s.mask is not None]
+            if not labelled:
+                raise NervesegError(f"{path}: no row has a mask")
+            if len(labelled) < len(samples):
+                warn(f"{path}: {len(samples) - len(labelled)} rows have no mask and are skipped")
+            labelled.sort(key=lambda s: id_sort_key(s.id))
+            return MapSource(path, "manifest", size, {s.id: s.subject for s in labelled},
+                             files={s.id: s.mask for s in labelled})
+        table = read_rle_csv(path)
+        runs = parse_table(table, size)
+        ids = sort_ids(runs)
+        return MapSource(path, "csv", size, {i: subject_of(i, subject_regex) for i in ids},
+                         runs={i: runs[i] for i in ids})
+    files = discover_maps(path)
+    return MapSource(path, "folder", size, {i: subject_of(i, subject_regex) for i in files},
+                     files=files, has_prediction_json=(path / PREDICTION_JSON).is_file())

@@ -415,16 +415,30 @@ def _manifest_path(value: str, base: Path) -> Path | None:
 
 def read_manifest(path: str | Path) -> list[Sample]:
     """Read a manifest CSV into samples (paths resolved against the CSV's folder)."""
+    return read_manifest_columns(path)[0]
+
+
+def read_manifest_columns(path: str | Path) -> tuple[list[Sample], dict[str, list[str]]]:
+    """Read a manifest and its optional columns (``fold``, ``dup_group`` ...), by name.
+
+    The optional columns keep the file's order and hold the stripped cell text, one entry per
+    sample.
+    """
     path = Path(path)
     header, rows = read_csv_rows(path)
     missing = [c for c in MANIFEST_COLUMNS if c not in header]
     if missing:
         raise NervesegError(f"{path}: manifest lacks column(s) {', '.join(missing)}")
     col = {name: header.index(name) for name in MANIFEST_COLUMNS}
+    extra_col = {name: index for index, name in enumerate(header)
+                 if name not in MANIFEST_COLUMNS and name}
+    extra: dict[str, list[str]] = {name: [] for name in extra_col}
     samples: list[Sample] = []
     seen: set[str] = set()
     for line, row in rows:
         row = row + [""] * (len(header) - len(row))
+        for name, index in extra_col.items():
+            extra[name].append(row[index].strip())
         sample_id = validate_id(row[col["id"]].strip(), f"{path}, line {line}")
         if sample_id in seen:
             raise NervesegError(f"{path}, line {line}: duplicate id {sample_id!r}")
@@ -439,7 +453,26 @@ def read_manifest(path: str | Path) -> list[Sample]:
                               None if flag == "" else flag == "1"))
     if not samples:
         raise NervesegError(f"{path}: manifest has no rows")
-    return samples
+    return samples, extra
+
+
+def discover_with_columns(path: str | Path, subject_regex: str | None = None
+                          ) -> tuple[list[Sample], dict[str, list[str]]]:
+    """``discover_images``, plus a manifest's optional columns (none for a folder)."""
+    path = Path(path)
+    if path.is_file() and is_manifest(path):
+        return read_manifest_columns(path)
+    return discover_images(path, subject_regex), {}
+
+
+def check_sample_files(samples: Sequence[Sample], source: str | Path) -> None:
+    """Raise naming the first sample whose image or mask file does not exist."""
+    for sample in samples:
+        for kind, file in (("image", sample.image), ("mask", sample.mask)):
+            if file is not None and not file.is_file():
+                raise NervesegError(f"{source}: {kind} of {sample.id} not found: {file}")
+        if sample.image is None:
+            raise NervesegError(f"{source}: {sample.id} has no image")
 
 
 def write_manifest(path: str | Path, samples: Sequence[Sample],

@@ -17,9 +17,9 @@ import numpy as np
 
 from nerveseg_cli.errors import NervesegError
 from nerveseg_cli.io import (
+    MaskSetChecker,
     atomic_write_text,
     check_output_file,
-    MaskSetChecker,
     prepare_output_dir,
     read_csv_rows,
     sort_ids,

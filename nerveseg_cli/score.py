@@ -46,8 +46,20 @@ def value_histograms(values: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray,
     if values.shape != truth.shape:
         raise ValueError(f"prediction {values.shape} and ground truth {truth.shape} differ")
     values = np.ascontiguousarray(values, dtype=np.uint8)
+    truth_u8 = np.ascontiguousarray(truth, dtype=bool).view(np.uint8)
+    area = cv2.countNonZero(values)
+    if area == 0 or area == np.count_nonzero(values == 255):
+        # Binary 0/255 maps (masks, CSV predictions) need only three counts; calcHist is slow
+        # on them because every pixel lands in one of two bins.
+        gt_area = int(np.count_nonzero(truth_u8))
+        tp = cv2.countNonZero(cv2.bitwise_and(values, truth_u8 * 255)) if area else 0
+        on_truth_hist = np.zeros(N_LEVELS, dtype=np.int64)
+        all_hist = np.zeros(N_LEVELS, dtype=np.int64)
+        on_truth_hist[[0, 255]] = gt_area - tp, tp
+        all_hist[[0, 255]] = values.size - area, area
+        return on_truth_hist, all_hist
     everything = cv2.calcHist([values], [0], None, [N_LEVELS], [0, N_LEVELS])
-    on_truth = cv2.calcHist([values], [0], truth.astype(np.uint8), [N_LEVELS], [0, N_LEVELS])
+    on_truth = cv2.calcHist([values], [0], truth_u8, [N_LEVELS], [0, N_LEVELS])
     return on_truth.reshape(-1).astype(np.int64), everything.reshape(-1).astype(np.int64)
 
 

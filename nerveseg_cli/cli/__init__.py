@@ -4,7 +4,7 @@ around a library function. Library modules are imported inside the commands so t
 
 from __future__ import annotations
 
-from nerveseg_cli.cli._app import app, main
 from nerveseg_cli.cli import demo, rle_decode, rle_encode, score, synth  # noqa: F401  (register)
+from nerveseg_cli.cli._app import app, main
 
 __all__ = ["app", "main"]

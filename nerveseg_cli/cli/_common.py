@@ -56,6 +56,8 @@ def install_warning_printer() -> None:
     from nerveseg_cli.io import NervesegWarning
 
     original = warnings.showwarning
+    if getattr(original, "nerveseg", False):
+        return
 
     def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
         if issubclass(category, NervesegWarning):
@@ -63,6 +65,7 @@ def install_warning_printer() -> None:
         else:
             original(message, category, filename, lineno, file, line)
 
+    show.nerveseg = True  # type: ignore[attr-defined]
     warnings.showwarning = show
     warnings.simplefilter("always", NervesegWarning)
 

@@ -1,0 +1,66 @@
+"""Shared fixtures: a CLI runner that strips ANSI codes at a fixed width, and tiny synth data."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from nerveseg_cli.cli import app
+from nerveseg_cli.synth import synth
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+CLI_ENV = {"COLUMNS": "120", "NO_COLOR": "1", "TERM": "dumb"}
+
+
+@dataclass
+class CliResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+    exception: BaseException | None
+
+
+def run_cli(*args: str | Path) -> CliResult:
+    """Invoke ``nerveseg`` in-process; output with ANSI codes stripped."""
+    runner = CliRunner(env=CLI_ENV)
+    result = runner.invoke(app, [str(a) for a in args], catch_exceptions=True)
+    stderr = result.stderr if hasattr(result, "stderr") else ""
+    return CliResult(result.exit_code, ANSI.sub("", result.stdout), ANSI.sub("", stderr),
+                     result.exception)
+
+
+def assert_one_line_error(result: CliResult, *fragments: str) -> None:
+    """Exit code 2 and one ``error:`` line on stderr that mentions every fragment."""
+    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr,
+                                   result.exception)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], (fragment, errors[0])
+
+
+@pytest.fixture
+def cli():
+    return run_cli
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny synth dataset shared by the session; tests must copy it before changing it."""
+    root = tmp_path_factory.mktemp("synth") / "data"
+    synth(root, subjects=3, per_subject=8, test=6, size=(64, 48), seed=7)
+    return root
+
+
+@pytest.fixture
+def synth_copy(synth_root: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "data"
+    shutil.copytree(synth_root, copy)
+    return copy

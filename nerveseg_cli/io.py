@@ -198,6 +198,34 @@ def read_masks(paths: Sequence[Path], label: int | None = None, workers: int = 4
     return masks
 
 
+def read_mask_areas(paths: Sequence[Path | None], label: int | None = None, workers: int = 4,
+                    source: str = "masks",
+                    progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """Foreground pixel count of each mask (-1 where the path is None), without keeping masks.
+
+    Reads in parallel threads and warns once if the set looks like a label map, as read_masks.
+    """
+    checker = MaskSetChecker()
+
+    def area(path: Path | None) -> int:
+        if path is None:
+            result = -1
+        else:
+            raw = read_raw(path)
+            foreground = mask_from_array(raw, label)
+            if label is None:
+                checker.update(raw, foreground)  # only ever sets flags to True: thread-safe
+            result = int(np.count_nonzero(foreground))
+        if progress:
+            progress(1)
+        return result
+
+    areas = np.fromiter(thread_map(area, paths, workers), dtype=np.int64, count=len(paths))
+    if label is None:
+        checker.finish(source)
+    return areas
+
+
 def thread_map(fn: Callable[[T], R], items: Sequence[T], workers: int = 4) -> Iterator[R]:
     """Ordered map over threads; OpenCV's codecs release the GIL, so this overlaps decoding."""
     if workers <= 1 or len(items) <= 1:

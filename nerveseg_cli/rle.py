@@ -289,7 +289,8 @@ def encode_folder(source: str | Path, out: str | Path, *, fmt: str = SUBMISSION,
                   postprocess: str | Path | None = None, ids_from: str | Path | None = None,
                   allow_missing: bool = False, label: int | None = None,
                   size: tuple[int, int] = (580, 420), overwrite: bool = False,
-                  workers: int = 4) -> EncodeResult:
+                  presence_threshold: float | None = None,
+                  presence_from: str | Path | None = None, workers: int = 4) -> EncodeResult:
     """``nerveseg rle-encode``: masks or probability maps -> a Kaggle CSV."""
     if fmt not in HEADERS:
         raise NervesegError(f"format {fmt!r} is not one of {', '.join(HEADERS)}")
@@ -299,6 +300,7 @@ def encode_folder(source: str | Path, out: str | Path, *, fmt: str = SUBMISSION,
 
     order = read_ids_file(ids_from) if ids_from else None
     maps = open_source(source, size)
+    maps.gate_by_presence(presence_threshold, presence_from)
     available = set(maps.ids)
     missing: list[str] = []
     extra: list[str] = []
@@ -316,7 +318,7 @@ def encode_folder(source: str | Path, out: str | Path, *, fmt: str = SUBMISSION,
     checker = MaskSetChecker()
 
     def encode(sample_id: str) -> str:
-        if label is not None:
+        if label is not None and sample_id not in maps.gated:
             return rle_encode(post.drop_small(maps.read_mask(sample_id, label)))
         values = maps.read_values(sample_id)
         mask = post.apply(values)

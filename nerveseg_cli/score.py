@@ -211,6 +211,7 @@ class ScoreReport:
     probabilities: bool
     missing_predictions: list[str] = field(default_factory=list)
     sweep: Sweep | None = None
+    gated: set[str] = field(default_factory=set)  # predictions emptied by presence gating
 
     @property
     def dice(self) -> np.ndarray:
@@ -275,10 +276,12 @@ def score(pred: str | Path, gt: str | Path, *, threshold: float | None = None,
           size: tuple[int, int] = (580, 420), label: int | None = None,
           allow_missing: bool = False, subject_regex: str | None = None,
           sweep_thresholds: str | None = None, sweep_min_areas: str | None = None,
+          presence_threshold: float | None = None, presence_from: str | Path | None = None,
           workers: int = 4, progress: Callable[[int], None] | None = None) -> ScoreReport:
     """``nerveseg score``: compare a prediction set with ground truth, image by image."""
     post = resolve_postprocess(threshold, min_area, postprocess)
     pred_source = open_source(pred, size, subject_regex)
+    pred_source.gate_by_presence(presence_threshold, presence_from)
     gt_source = open_source(gt, size, subject_regex)
     ids, missing = _match_ids(pred_source, gt_source, allow_missing)
     missing_set = set(missing)
@@ -309,7 +312,7 @@ def score(pred: str | Path, gt: str | Path, *, threshold: float | None = None,
     intermediate = np.any(all_hist[:, 1:N_LEVELS - 1] > 0)
     report = ScoreReport(ids, [gt_source.subjects[i] for i in ids], counts, truth_hist,
                          all_hist, post, bool(intermediate or pred_source.has_prediction_json),
-                         missing)
+                         missing, gated=pred_source.gated)
     if sweep_thresholds or sweep_min_areas:
         report.sweep = sweep(truth_hist, all_hist,
                              frange(sweep_thresholds, "--sweep-threshold")
@@ -404,6 +407,7 @@ def write_overlays(report: ScoreReport, pred: str | Path, gt: str | Path,
                             f"(first: {', '.join(absent[:5])})")
     out = prepare_output_dir(out, overwrite)
     pred_source, gt_source = open_source(pred, size), open_source(gt, size)
+    pred_source.gated = report.gated
     missing = set(report.missing_predictions)
     width = len(str(len(chosen)))
 

@@ -22,9 +22,8 @@ from nerveseg_cli.io import (
     to_uint8_gray,
     warn,
 )
+from nerveseg_cli.probmaps import PREDICTION_JSON, PRESENCE_CSV, read_presence
 from nerveseg_cli.rle import parse_table, read_rle_csv, runs_to_mask
-
-PREDICTION_JSON = "prediction.json"
 
 
 @dataclass
@@ -38,6 +37,26 @@ class MapSource:
     files: dict[str, Path] = field(default_factory=dict)
     runs: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     has_prediction_json: bool = False
+    gated: set[str] = field(default_factory=set)  # ids emptied by presence gating
+
+    def gate_by_presence(self, threshold: float | None,
+                         presence_from: str | Path | None = None) -> None:
+        """Empty the maps of images whose presence (the folder's presence.csv, or
+        ``presence_from``) is below ``threshold``."""
+        if threshold is None:
+            if presence_from is not None:
+                raise NervesegError("--presence-from needs --presence-threshold")
+            return
+        file = Path(presence_from) if presence_from else self.path / PRESENCE_CSV
+        if not file.is_file():
+            raise NervesegError(f"{file}: no presence file; --presence-threshold needs a "
+                                "probability folder with presence.csv, or --presence-from")
+        presence = read_presence(file)
+        absent = [i for i in self.ids if i not in presence]
+        if absent:
+            raise NervesegError(f"{file}: no presence for {len(absent)} images (first: "
+                                f"{', '.join(absent[:5])})")
+        self.gated = {i for i in self.ids if presence[i] < threshold}
 
     @property
     def ids(self) -> list[str]:
@@ -46,8 +65,10 @@ class MapSource:
     def read_values(self, sample_id: str) -> np.ndarray:
         """The map as uint8 0..255 (a probability map, or a 0/255 mask)."""
         if self.kind == "csv":
-            return self._from_runs(sample_id).astype(np.uint8) * 255
-        return to_uint8_gray(read_raw(self.files[sample_id]))
+            values = self._from_runs(sample_id).astype(np.uint8) * 255
+        else:
+            values = to_uint8_gray(read_raw(self.files[sample_id]))
+        return np.zeros_like(values) if sample_id in self.gated else values
 
     def read_mask(self, sample_id: str, label: int | None = None,
                   checker: MaskSetChecker | None = None) -> np.ndarray:

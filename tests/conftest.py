@@ -46,6 +46,19 @@ def assert_one_line_error(result: CliResult, *fragments: str) -> None:
         assert fragment in errors[0], (fragment, errors[0])
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread() -> None:
+    """The test models are tiny: one intra-op thread is faster than two, which wait for each
+    other at every operation (badly so on a CPU shared with other jobs). Subprocesses inherit
+    OMP_NUM_THREADS."""
+    import os
+
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
+
 @pytest.fixture
 def cli():
     return run_cli

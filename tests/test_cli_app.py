@@ -9,7 +9,8 @@ from pathlib import Path
 from nerveseg_cli import __version__
 from tests.conftest import run_cli
 
-COMMANDS = ["synth", "rle-encode", "rle-decode", "score", "demo"]
+COMMANDS = ["synth", "dedupe", "split", "train", "predict", "ensemble", "crf", "rle-encode",
+            "rle-decode", "score", "demo"]
 
 
 def test_version() -> None:
@@ -22,7 +23,7 @@ def test_help_lists_every_command_in_panels() -> None:
     assert result.exit_code == 0
     for command in COMMANDS:
         assert command in result.stdout
-    for panel in ("Data", "Submission and scoring", "Pipeline"):
+    for panel in ("Data", "Training", "Inference", "Submission and scoring", "Pipeline"):
         assert panel in result.stdout
 
 

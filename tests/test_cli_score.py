@@ -163,3 +163,34 @@ def test_bad_inputs(synth_root: Path, tmp_path: Path) -> None:
     labels = tmp_path / "labels"
     shutil.copytree(synth_root / "train", labels)
     assert run_cli("score", labels, labels).exit_code == 0
+
+
+def test_presence_gating_in_score_and_rle_encode(synth_root: Path, tmp_path: Path) -> None:
+    probs = noisy_probabilities(synth_root, tmp_path / "probs")
+    # presence says "no nerve" exactly where the ground truth is empty: gating removes the
+    # false blobs, so the score must rise to the blob-free value.
+    from nerveseg_cli.io import discover_images
+
+    rows = ["id,presence"]
+    for sample in discover_images(synth_root / "train"):
+        rows.append(f"{sample.id},{0.9 if read_mask(sample.mask).any() else 0.1}")
+    (probs / "presence.csv").write_text("\n".join(rows) + "\n")
+    plain = json.loads(run_cli("score", probs, synth_root / "train", "--json").stdout)
+    gated = run_cli("score", probs, synth_root / "train", "--presence-threshold", "0.5",
+                    "--json")
+    assert gated.exit_code == 0, gated.stderr
+    gated_summary = json.loads(gated.stdout)["summary"]
+    assert gated_summary["presence_fp"] == 0
+    assert gated_summary["dice"] > plain["summary"]["dice"]
+    out = tmp_path / "sub.csv"
+    assert run_cli("rle-encode", probs, "--format", "train", "--presence-threshold", "0.5",
+                   "--out", out).exit_code == 0
+    again = json.loads(run_cli("score", out, synth_root / "train", "--size", "64x48",
+                               "--json").stdout)
+    assert again["summary"]["dice"] == pytest.approx(gated_summary["dice"])
+    elsewhere = tmp_path / "p.csv"
+    (probs / "presence.csv").rename(elsewhere)
+    assert_one_line_error(run_cli("score", probs, synth_root / "train", "--presence-threshold",
+                                  "0.5"), "no presence file")
+    assert run_cli("score", probs, synth_root / "train", "--presence-threshold", "0.5",
+                   "--presence-from", elsewhere).exit_code == 0

@@ -150,7 +150,7 @@ def test_binary_maps_match_reference(pred: np.ndarray, truth: np.ndarray,
                                      threshold: float) -> None:
     truth_hist, all_hist = value_histograms(pred.astype(np.uint8) * 255, truth)
     counts = counts_from_histograms(truth_hist[None], all_hist[None], threshold_level(threshold))
-    expected = pred if threshold < 1.0 else np.zeros_like(pred)
+    expected = pred if threshold_level(threshold) < 255 else np.zeros_like(pred)
     assert counts.tp[0] == (expected & truth).sum()
     assert counts.fp[0] == (expected & ~truth).sum()
     assert dice(counts)[0] == pytest.approx(reference_dice(expected, truth))

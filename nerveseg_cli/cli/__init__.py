@@ -4,7 +4,20 @@ around a library function. Library modules are imported inside the commands so t
 
 from __future__ import annotations
 
-from nerveseg_cli.cli import demo, rle_decode, rle_encode, score, synth  # noqa: F401  (register)
+from nerveseg_cli.cli import (  # noqa: F401  (register the commands)
+    crf,
+    dedupe,
+    demo,
+    ensemble,
+    predict,
+    recipes,
+    rle_decode,
+    rle_encode,
+    score,
+    split,
+    synth,
+    train,
+)
 from nerveseg_cli.cli._app import app, main
 
 __all__ = ["app", "main"]

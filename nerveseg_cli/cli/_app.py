@@ -10,8 +10,10 @@ from nerveseg_cli import __version__
 from nerveseg_cli.cli._common import install_warning_printer, state
 
 PANEL_DATA = "Data"
+PANEL_MODEL = "Training"
 PANEL_SUBMIT = "Submission and scoring"
 PANEL_PIPELINE = "Pipeline"
+PANEL_INFERENCE = "Inference"
 
 app = typer.Typer(
     name="nerveseg",

@@ -108,10 +108,10 @@ Workers = Annotated[int, typer.Option("--workers", min=1,
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")]
 Threshold = Annotated[float | None, typer.Option(
     "--threshold", min=0.0, max=1.0,
-    help="Probability cut: a pixel is foreground when value/255 > T. [default: 0.5]")]
+    help="Probability cut: a pixel is foreground when value/255 > T. \\[default: 0.5]")]
 MinArea = Annotated[int | None, typer.Option(
     "--min-area", min=0,
-    help="Empty any prediction with fewer foreground pixels. [default: 0]")]
+    help="Empty any prediction with fewer foreground pixels. \\[default: 0]")]
 PostprocessFile = Annotated[Path | None, typer.Option(
     "--postprocess", exists=False, dir_okay=False,
     help="postprocess.json (from score --sweep-*) giving threshold and min-area; explicit "
@@ -120,3 +120,8 @@ Size = Annotated[str, typer.Option(
     "--size", help="Image size WxH for masks decoded from a Kaggle CSV.")]
 Label = Annotated[int | None, typer.Option(
     "--label", help="Read masks as label maps: foreground = pixels equal to N.")]
+PresenceThreshold = Annotated[float | None, typer.Option(
+    "--presence-threshold", min=0.0, max=1.0,
+    help="Empty the maps of images whose presence probability (presence.csv) is below T.")]
+PresenceFrom = Annotated[Path | None, typer.Option(
+    "--presence-from", help="Take presence from this presence.csv (e.g. another model's).")]

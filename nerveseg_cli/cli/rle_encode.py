@@ -14,6 +14,8 @@ from nerveseg_cli.cli._common import (
     MinArea,
     Overwrite,
     PostprocessFile,
+    PresenceFrom,
+    PresenceThreshold,
     Size,
     Threshold,
     Workers,
@@ -44,6 +46,8 @@ def rle_encode_command(
     ] = False,
     label: Label = None,
     size: Size = "580x420",
+    presence_threshold: PresenceThreshold = None,
+    presence_from: PresenceFrom = None,
     overwrite: Overwrite = False,
     workers: Workers = 4,
     json_output: JsonOutput = False,
@@ -53,6 +57,7 @@ def rle_encode_command(
     from nerveseg_cli.rle import encode_folder
 
     result = encode_folder(source, out, fmt=fmt, threshold=threshold, min_area=min_area,
+                           presence_threshold=presence_threshold, presence_from=presence_from,
                            postprocess=postprocess, ids_from=ids_from,
                            allow_missing=allow_missing, label=label, size=parse_size(size),
                            overwrite=overwrite, workers=workers)

@@ -15,6 +15,8 @@ from nerveseg_cli.cli._common import (
     MinArea,
     Overwrite,
     PostprocessFile,
+    PresenceFrom,
+    PresenceThreshold,
     Size,
     Threshold,
     Workers,
@@ -67,7 +69,7 @@ def score_command(
         "--sweep-min-area", help="Grid of min areas START:STOP:STEP, e.g. 0:5000:250.")
     ] = None,
     postprocess_out: Annotated[Path | None, typer.Option(
-        "--postprocess-out", help="Where a sweep writes its best pair. [default: "
+        "--postprocess-out", help="Where a sweep writes its best pair. \\[default: "
         "OUT/postprocess.json, or ./postprocess.json without --out]")] = None,
     overlays: Annotated[Path | None, typer.Option(
         "--overlays", help="Folder for overlay PNGs (needs --images).")] = None,
@@ -75,6 +77,8 @@ def score_command(
         "--images", help="Image set the overlays are drawn on.")] = None,
     worst: Annotated[int | None, typer.Option(
         "--worst", min=1, help="Only overlay the N lowest-Dice images.")] = None,
+    presence_threshold: PresenceThreshold = None,
+    presence_from: PresenceFrom = None,
     overwrite: Overwrite = False,
     workers: Workers = 4,
     json_output: JsonOutput = False,
@@ -101,6 +105,7 @@ def score_command(
             check_output_dir(folder, overwrite)
     with progress_bar(None, "score") as advance:
         report = score(pred, gt, threshold=threshold, min_area=min_area,
+                       presence_threshold=presence_threshold, presence_from=presence_from,
                        postprocess=postprocess, size=dims, label=label,
                        allow_missing=allow_missing, subject_regex=subject_regex,
                        sweep_thresholds=sweep_threshold, sweep_min_areas=sweep_min_area,

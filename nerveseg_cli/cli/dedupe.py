@@ -1,0 +1,123 @@
+"""``nerveseg dedupe``."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from nerveseg_cli.cli._app import PANEL_DATA, app
+from nerveseg_cli.cli._common import (
+    JsonOutput,
+    Label,
+    Overwrite,
+    Workers,
+    handle_errors,
+    key_value_table,
+    print_json,
+    progress_bar,
+    stderr,
+    stdout,
+)
+
+# Kept in step with nerveseg_cli.dedupe (not imported here so that --help stays fast).
+DEFAULT_NEAR_THRESHOLD = 0.005
+DEFAULT_CONFLICT_DICE = 0.2
+
+
+class Scope(str, Enum):
+    subject = "subject"
+    all = "all"
+
+
+class Policy(str, Enum):
+    report = "report"
+    drop_conflicts = "drop-conflicts"
+    drop_empty = "drop-empty"
+    drop_both = "drop-both"
+    propagate = "propagate"
+
+
+SUMMARY_LABELS = {
+    "images": "images", "with_nerve": "with a nerve", "exact_pairs": "exact pairs",
+    "near_pairs": "near pairs", "duplicate_groups": "duplicate groups",
+    "images_in_groups": "images in groups", "conflicting_pairs": "conflicting pairs",
+    "conflicting_groups": "conflicting groups", "policy": "policy", "dropped": "dropped",
+    "propagated": "masks propagated", "flagged": "flagged (kept, unresolved)",
+    "kept": "kept", "scope": "near-duplicate scope", "near_threshold": "near threshold",
+    "conflict_dice": "conflict Dice", "signature": "signature",
+}
+
+
+@app.command("dedupe", rich_help_panel=PANEL_DATA)
+@handle_errors
+def dedupe_command(
+    images: Annotated[Path, typer.Argument(
+        help="Image set: Kaggle folder, images/+masks/ folder or manifest CSV.")],
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="Folder for manifest.csv, duplicates.csv, summary.json "
+        "(and masks/ with --policy propagate).")],
+    scope: Annotated[Scope, typer.Option(
+        "--scope", help="Look for near duplicates within each subject, or across all images "
+        "(exact duplicates are always found across all).")] = Scope.subject,
+    near_threshold: Annotated[float, typer.Option(
+        "--near-threshold", min=0.0, max=1.0,
+        help="Cosine distance of 64x48 signatures at or below which two images are near "
+        "duplicates; 0 finds exact duplicates only.")] = DEFAULT_NEAR_THRESHOLD,
+    conflict_dice: Annotated[float, typer.Option(
+        "--conflict-dice", min=0.0, max=1.0,
+        help="A pair conflicts when its masks' Dice is below this (empty vs non-empty "
+        "always does).")] = DEFAULT_CONFLICT_DICE,
+    policy: Annotated[Policy, typer.Option(
+        "--policy", help="report: keep all; drop-conflicts: drop conflicting exact-duplicate "
+        "groups; drop-empty: drop the empty-mask members of conflicting groups; drop-both: "
+        "drop conflicting groups, exact or near; propagate: give empty members the group's "
+        "largest mask.")] = Policy.drop_conflicts,
+    no_masks: Annotated[bool, typer.Option(
+        "--no-masks", help="Find duplicates only; do not read masks (for unlabelled sets).")
+    ] = False,
+    montage: Annotated[Path | None, typer.Option(
+        "--montage", help="PNG showing the conflicting pairs side by side, masks outlined.")
+    ] = None,
+    montage_pairs: Annotated[int, typer.Option(
+        "--montage-pairs", min=1, help="Most pairs drawn in the montage.")] = 100,
+    subject_regex: Annotated[str | None, typer.Option(
+        "--subject-regex", help="Regex whose first group is the subject of an id.")] = None,
+    label: Label = None,
+    overwrite: Overwrite = False,
+    workers: Workers = 4,
+    json_output: JsonOutput = False,
+) -> None:
+    """Find exact and near-duplicate images, their label conflicts, and repair them."""
+    from nerveseg_cli.dedupe import dedupe, write_montage, write_outputs
+    from nerveseg_cli.io import check_output_dir, check_output_file
+
+    # Refuse unusable outputs before the (possibly long) decoding pass.
+    check_output_dir(out, overwrite)
+    if montage is not None:
+        check_output_file(montage, overwrite)
+    with progress_bar(None, "dedupe") as advance:
+        result = dedupe(images, scope=scope.value, near_threshold=near_threshold,
+                        conflict_dice=conflict_dice, policy=policy.value,
+                        use_masks=not no_masks, label=label, subject_regex=subject_regex,
+                        workers=workers, progress=advance)
+    write_outputs(result, out, overwrite=overwrite, workers=workers)
+    drawn = total = 0
+    if montage is not None:
+        _, drawn, total = write_montage(result, montage, max_pairs=montage_pairs,
+                                        overwrite=overwrite, workers=workers)
+
+    summary = result.summary
+    if json_output:
+        print_json(summary)
+    else:
+        stdout.print(key_value_table(f"dedupe: {images}",
+                                     {SUMMARY_LABELS[k]: v for k, v in summary.items()}))
+        stderr.print(f"wrote {out / 'manifest.csv'}, duplicates.csv and summary.json"
+                     + (f", {summary['propagated']} masks in {out / 'masks'}"
+                        if summary["propagated"] else ""), markup=False)
+        if montage is not None:
+            stderr.print(f"wrote {montage} ({drawn} of {total} conflicting pairs)",
+                         markup=False)

@@ -1,0 +1,95 @@
+"""``nerveseg predict``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from nerveseg_cli.cli._app import PANEL_INFERENCE, app
+from nerveseg_cli.cli._common import (
+    JsonOutput,
+    MinArea,
+    Overwrite,
+    PostprocessFile,
+    PresenceFrom,
+    PresenceThreshold,
+    Threshold,
+    Workers,
+    handle_errors,
+    key_value_table,
+    print_json,
+    progress_bar,
+    stdout,
+)
+
+
+@app.command("predict", rich_help_panel=PANEL_INFERENCE)
+@handle_errors
+def predict_command(
+    paths: Annotated[list[Path], typer.Argument(
+        metavar="RUN [RUN ...] IMAGES", help="One or more run folders, then the image set.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Probability folder to write.")],
+    tta: Annotated[str | None, typer.Option(
+        help="none, hflip, or flips (identity, h, v, both). \\[default: the first run's "
+        "recipe, else none]", show_default=False)] = None,
+    tta_merge: Annotated[str | None, typer.Option(
+        help="Merge TTA variants: mean or asme. \\[default: recipe, else mean]",
+        show_default=False)] = None,
+    merge: Annotated[str | None, typer.Option(
+        help="Merge runs: mean or asme. \\[default: recipe, else mean]", show_default=False)
+    ] = None,
+    asme_base: Annotated[float | None, typer.Option(
+        help="ASME base (seed 000: 100). \\[default: recipe, else 100]", show_default=False)
+    ] = None,
+    presence_threshold: PresenceThreshold = None,
+    presence_from: PresenceFrom = None,
+    crf: Annotated[bool | None, typer.Option(
+        "--crf/--no-crf", help="Refine every map with the dense CRF (the recipe's parameters, "
+        "else `nerveseg crf`'s defaults). \\[default: as the first run's recipe says]",
+        show_default=False)] = None,
+    masks: Annotated[Path | None, typer.Option(
+        help="Also write binary masks here (--threshold, --min-area, --postprocess).")] = None,
+    threshold: Threshold = None,
+    min_area: MinArea = None,
+    postprocess: PostprocessFile = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per device batch.")] = 8,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    amp: Annotated[str, typer.Option(help="auto, bf16, fp16 or off.")] = "auto",
+    channels_last: Annotated[bool, typer.Option("--channels-last",
+                                                help="channels-last memory format.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Skip ids already written.")
+                      ] = False,
+    part: Annotated[str | None, typer.Option(
+        help="K/N: process the K-th of N deterministic shares (several GPUs or machines).")
+    ] = None,
+    workers: Workers = 4,
+    overwrite: Overwrite = False,
+    json_output: JsonOutput = False,
+) -> None:
+    """Predict probability maps with one or more runs, with flip TTA and ASME.
+
+    Options not given take the values recorded by the first run's recipe (train --recipe),
+    then the defaults shown."""
+    from nerveseg_cli.errors import NervesegError
+    from nerveseg_cli.predict import predict
+
+    if len(paths) < 2:
+        raise NervesegError("predict needs RUN [RUN ...] IMAGES")
+    *runs, images = paths
+    with progress_bar(None, "predict") as advance:
+        result = predict(runs, images, out, tta=tta, tta_merge=tta_merge, merge=merge,
+                         asme_base=asme_base, threshold=threshold, min_area=min_area,
+                         postprocess=postprocess, presence_threshold=presence_threshold,
+                         presence_from=presence_from, crf=crf, masks=masks,
+                         batch_size=batch_size,
+                         device=device, amp=amp, channels_last=channels_last, workers=workers,
+                         resume=resume, part=part, overwrite=overwrite, progress=advance)
+    summary = {"written": result.written, "skipped (resume)": result.skipped,
+               "images_per_second": round(result.images_per_second, 2),
+               "with_presence": len(result.presence), "out": str(out)}
+    if json_output:
+        print_json(summary)
+    else:
+        stdout.print(key_value_table("predict", summary))

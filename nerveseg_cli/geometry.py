@@ -1,0 +1,63 @@
+"""Input geometry: how an image becomes a network input, and how the output maps back exactly.
+
+Shared by ``train`` (which chooses it and stores it in config.json) and ``predict``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from nerveseg_cli.errors import NervesegError
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How an image becomes a network input and how the output goes back.
+
+    ``resize``: scale to (width, height). ``pad``: pad right and bottom to (width, height), a
+    canvas of the network's size multiple, then crop the output.
+    """
+
+    mode: str  # "resize" or "pad"
+    width: int
+    height: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Geometry:
+        return cls(data["mode"], int(data["width"]), int(data["height"]))
+
+    def forward(self, image: np.ndarray, interpolation: int = cv2.INTER_AREA) -> np.ndarray:
+        """Bring one 2-D image to the network's input size."""
+        h, w = image.shape
+        if self.mode == "resize":
+            if (w, h) == (self.width, self.height):
+                return image
+            return cv2.resize(image, (self.width, self.height), interpolation=interpolation)
+        if w > self.width or h > self.height:
+            raise NervesegError(f"image of {w}x{h} does not fit the {self.width}x{self.height} "
+                                "padding canvas of this run")
+        return cv2.copyMakeBorder(image, 0, self.height - h, 0, self.width - w,
+                                  cv2.BORDER_REFLECT_101 if min(h, w) > 1 else
+                                  cv2.BORDER_REPLICATE)
+
+    def forward_mask(self, mask: np.ndarray) -> np.ndarray:
+        if self.mode == "resize":
+            resized = self.forward(mask.astype(np.uint8) * 255, cv2.INTER_LINEAR)
+            return (resized > 127).astype(np.uint8)
+        return self.forward(mask.astype(np.uint8), cv2.INTER_NEAREST)
+
+    def backward(self, probs: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Map (N, 1, H', W') network-size probabilities back to an original height x width."""
+        if self.mode == "resize":
+            if probs.shape[-2:] == (height, width):
+                return probs
+            return torch.nn.functional.interpolate(probs, size=(height, width), mode="bilinear",
+                                                   align_corners=False)
+        return probs[..., :height, :width]

@@ -1,0 +1,122 @@
+"""Run folders: what ``train`` writes and ``predict`` reads (DESIGN.md, docs/formats.md).
+
+A run folder is safe to load from an untrusted source: configuration is JSON, weights are
+safetensors, and the resumable state is read with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nerveseg_cli import __version__
+from nerveseg_cli.errors import NervesegError
+from nerveseg_cli.geometry import Geometry
+from nerveseg_cli.io import atomic_write_bytes, atomic_write_text
+from nerveseg_cli.models import ModelConfig, SegmentationNet, build_model
+
+CONFIG = "config.json"
+BEST = "model.safetensors"
+LAST = "last.safetensors"
+STATE = "state.pt"
+METRICS = "metrics.csv"
+
+
+@dataclass
+class RunConfig:
+    """config.json: the model, its preprocessing, and the training options used."""
+
+    model: ModelConfig
+    geometry: Geometry
+    mean: float
+    std: float
+    training: dict[str, Any]
+    # prediction defaults from the training recipe (tta, tta_merge, min_area, crf, ...)
+    inference: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "nerveseg_version": __version__,
+            "model": self.model.to_dict(),
+            "geometry": self.geometry.to_dict(),
+            "normalization": {"mean": self.mean, "std": self.std},
+            "training": self.training,
+            "inference": self.inference,
+        }, indent=2, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, source: Path) -> RunConfig:
+        try:
+            data = json.loads(text)
+            return cls(ModelConfig.from_dict(data["model"]),
+                       Geometry.from_dict(data["geometry"]),
+                       float(data["normalization"]["mean"]),
+                       float(data["normalization"]["std"]),
+                       dict(data.get("training", {})),
+                       dict(data.get("inference") or {}))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise NervesegError(f"{source}: not a nerveseg run config ({exc})") from None
+
+
+def read_config(run: str | Path) -> RunConfig:
+    path = Path(run) / CONFIG
+    if not path.is_file():
+        raise NervesegError(f"{run}: not a run folder ({CONFIG} missing)")
+    return RunConfig.from_json(path.read_text(encoding="utf-8"), path)
+
+
+def write_config(run: Path, config: RunConfig) -> None:
+    atomic_write_text(run / CONFIG, config.to_json())
+
+
+def save_weights(model: torch.nn.Module, path: Path) -> None:
+    from safetensors.torch import save
+
+    state = {k: v.detach().contiguous().cpu() for k, v in unwrap(model).state_dict().items()}
+    atomic_write_bytes(path, save(state))
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise NervesegError(f"{path}: weights file missing")
+    try:
+        state = load_file(str(path))
+    except Exception as exc:  # noqa: BLE001  a damaged file is bad input
+        raise NervesegError(f"{path}: unreadable weights ({exc})") from None
+    result = unwrap(model).load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise NervesegError(
+            f"{path}: weights do not fit the config ({len(result.missing_keys)} missing, "
+            f"{len(result.unexpected_keys)} unexpected keys; first: "
+            f"{(result.missing_keys + result.unexpected_keys)[0]})")
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module under DDP and torch.compile wrappers."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if inner is None:
+            return model
+        model = inner
+
+
+def load_run(run: str | Path, weights: str = BEST) -> tuple[RunConfig, SegmentationNet]:
+    """Rebuild a trained network from a run folder (no download: encoder weights come from
+    the run's own file)."""
+    run = Path(run)
+    config = read_config(run)
+    model_config = ModelConfig.from_dict({**config.model.to_dict(), "encoder_weights": "none"})
+    model = build_model(model_config)
+    try:
+        load_weights(model, run / weights)
+    except RuntimeError as exc:  # shape mismatch
+        raise NervesegError(f"{run / weights}: weights do not fit the config "
+                            f"({str(exc).splitlines()[0]})") from None
+    model.eval()
+    return config, model

@@ -4,42 +4,19 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import re
-from dataclasses import dataclass
 from pathlib import Path
 
-from typer.testing import CliRunner
-
-from nerveseg_cli.cli import app
 from nerveseg_cli.synth import synth
+from tests.conftest import assert_one_line_error, run_cli
 
-ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-CLI_ENV = {"COLUMNS": "120", "NO_COLOR": "1", "TERM": "dumb"}
-
-
-@dataclass
-class Invocation:
-    exit_code: int
-    stdout: str
-    stderr: str
-    exception: BaseException | None
+nerveseg = run_cli
 
 
-def nerveseg(*args: str | Path) -> Invocation:
-    """Run ``nerveseg ARGS`` in-process; output with ANSI codes stripped."""
-    result = CliRunner(env=CLI_ENV).invoke(app, [str(a) for a in args])
-    return Invocation(result.exit_code, ANSI.sub("", result.stdout),
-                      ANSI.sub("", result.stderr), result.exception)
-
-
-def assert_bad_input(result: Invocation, *fragments: str) -> None:
-    """Exit code 2, exactly one ``error:`` line (mentioning each fragment), no traceback."""
-    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr,
-                                   result.exception)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
+def assert_bad_input(result, *fragments: str) -> None:  # noqa: ANN001
+    """Exit code 2 and nothing on stderr but one ``error:`` line mentioning each fragment."""
+    assert_one_line_error(result, *fragments)
+    assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1, \
+        result.stderr
 
 
 def make_synth(root: Path, *, subjects: int = 4, per_subject: int = 10, seed: int = 3,

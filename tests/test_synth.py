@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -10,20 +9,16 @@ import pandas as pd
 
 from nerveseg_cli.io import discover_images, read_image, read_mask
 from nerveseg_cli.rle import decode_table, read_rle_csv
+from tests._helpers_audit import tree_digest
 from tests.conftest import assert_one_line_error, run_cli
-
-
-def digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def test_same_seed_same_bytes_other_seed_differs(tmp_path: Path) -> None:
     args = ["--subjects", "2", "--per-subject", "6", "--test", "3", "--size", "40x30"]
     for name, seed in (("a", "1"), ("b", "1"), ("c", "2")):
         assert run_cli("synth", tmp_path / name, *args, "--seed", seed).exit_code == 0
-    assert digest(tmp_path / "a") == digest(tmp_path / "b")
-    assert digest(tmp_path / "a") != digest(tmp_path / "c")
+    assert tree_digest(tmp_path / "a") == tree_digest(tmp_path / "b")
+    assert tree_digest(tmp_path / "a") != tree_digest(tmp_path / "c")
 
 
 def test_layout_and_csvs(synth_root: Path) -> None:

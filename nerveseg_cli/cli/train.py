@@ -55,7 +55,7 @@ class RichReporter:
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
-        stderr.print(format_record(record, best), markup=False, highlight=False)
+        stderr.print(format_record(record, best), markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command("train", rich_help_panel=PANEL_MODEL)

@@ -12,7 +12,9 @@
    subject and across all, mask Dice.
 
 Every timed command runs in a fresh child process, so its max RSS is its own.
-Run: .venv/bin/python benchmarks/bench_dedupe.py [--full] [--cache DIR] [--workers N]
+--quick measures the same figures on a 1000-image set (10 subjects x 100) instead of 5640, with
+the time target scaled to its size and no 5000-image scaling step (benchmarks/run_all.py).
+Run: .venv/bin/python benchmarks/bench_dedupe.py [--full | --quick] [--cache DIR] [--workers N]
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from nerveseg_cli.io import discover_images, read_image, write_manifest  # noqa:
 
 SPEC_SET = (47, 120)  # subjects, frames per subject: 5640 images
 BIG_SET = (160, 125)  # 20000 images
+QUICK_SET = (10, 100)  # 1000 images, for --quick
 REFERENCE_IMAGES = 1000
 REFERENCE_SAMPLE_PAIRS = 20_000
 
@@ -161,15 +164,22 @@ def main() -> None:
                         help="also 20000 images, and the reference over all pairs")
     parser.add_argument("--cache", type=Path, default=None,
                         help="keep the synth sets here between runs (default: a temp folder)")
+    parser.add_argument("--quick", action="store_true",
+                        help="1000 images instead of 5640 (same figures, scaled target)")
     parser.add_argument("--workers", type=int, default=4)
     args = parser.parse_args()
+    if args.quick and args.full:
+        parser.error("--quick and --full exclude each other")
+    subjects, per_subject = QUICK_SET if args.quick else SPEC_SET
+    n_spec = subjects * per_subject
+    target_s = 60 * n_spec / 5640
     print(f"{os.cpu_count()} CPUs; workers {args.workers}; load average before: "
           f"{os.getloadavg()[0]:.2f}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-dedupe-") as temp:
         cache = args.cache or Path(temp)
         cache.mkdir(parents=True, exist_ok=True)
         scratch = Path(temp)
-        spec = synth_set(cache, *SPEC_SET, args.workers)
+        spec = synth_set(cache, subjects, per_subject, args.workers)
         rows: list[tuple[str, str, str, str]] = []
 
         def dedupe(data: Path, scope: str, tag: str) -> dict:
@@ -179,23 +189,25 @@ def main() -> None:
             print(f"  {tag} scope {scope}: {result}", flush=True)
             return result
 
-        spec_runs = {scope: dedupe(spec, scope, "5640") for scope in ("subject", "all")}
+        spec_runs = {scope: dedupe(spec, scope, str(n_spec)) for scope in ("subject", "all")}
         subject_s = spec_runs["subject"]["process_wall_s"]
         all_s = spec_runs["all"]["process_wall_s"]
-        rows.append(("dedupe 5640 images 580x420, scope subject (process wall)",
-                     f"{subject_s:.1f} s", "target 60 s", f"{subject_s / 60:.2f} of target"))
-        rows.append(("dedupe 5640, scope all (process wall)", f"{all_s:.1f} s",
+        rows.append((f"dedupe {n_spec} images 580x420, scope subject (process wall)",
+                     f"{subject_s:.1f} s", f"target {target_s:.3g} s",
+                     f"{subject_s / target_s:.2f} of target"))
+        rows.append((f"dedupe {n_spec}, scope all (process wall)", f"{all_s:.1f} s",
                      f"{subject_s:.1f} s (subject)", f"{all_s / subject_s:.2f}x (target 1.5x)"))
         peak = max(run["max_rss_mb"] for run in spec_runs.values())
-        rows.append(("peak memory (max RSS), 5640 images", f"{peak:.0f} MB", "target 2048 MB",
-                     f"{peak / 2048:.2f} of target"))
+        rows.append((f"peak memory (max RSS), {n_spec} images", f"{peak:.0f} MB",
+                     "target 2048 MB", f"{peak / 2048:.2f} of target"))
         found = spec_runs["subject"]
-        rows.append(("pairs found in 5640 (47 subjects x 2 planted)",
+        rows.append((f"pairs found in {n_spec} ({subjects} subjects x 2 planted)",
                      f"{found['exact_pairs']} exact, {found['near_pairs']} near",
-                     "47 exact, 47 near", "all planted" if found["exact_pairs"] == 47
-                     and found["near_pairs"] == 47 else "MISMATCH"))
+                     f"{subjects} exact, {subjects} near",
+                     "all planted" if found["exact_pairs"] == subjects
+                     and found["near_pairs"] == subjects else "MISMATCH"))
 
-        sizes = [1000, 5000]
+        sizes = [1000] if args.quick else [1000, 5000]
         sets = {n: first_images(spec, n, scratch) for n in sizes}
         reference_stages = run_child(["stages", str(sets[1000]), str(args.workers)])
         if args.full:
@@ -234,7 +246,7 @@ def main() -> None:
                      f"{reference['all_pairs_s'] / search_s:.0f}x"))
 
         breakdown = run_child(["stages", str(spec), str(args.workers)])
-        print("\nwhere the time goes, 5640 images (in-process, seconds):")
+        print(f"\nwhere the time goes, {n_spec} images (in-process, seconds):")
         for stage, seconds in breakdown["stages"].items():
             print(f"  {stage:32s} {seconds:7.2f}")
         print(f"  signatures {breakdown['signatures_mb']:.0f} MB, packed non-empty masks "

@@ -22,9 +22,11 @@ import torch
 from nerveseg_cli.asme import DEFAULT_BASE, asme_merge
 from nerveseg_cli.errors import NervesegError
 from nerveseg_cli.io import (
-    discover_images,
+    Sample,
+    discover_with_columns,
     prepare_output_dir,
     read_image,
+    warn,
     write_mask,
 )
 from nerveseg_cli.models import SegmentationNet
@@ -201,6 +203,50 @@ def resolve_inference(given: dict[str, Any], recipe: dict[str, Any],
                             dict(params) if params else None, post, from_recipe)
 
 
+def out_of_fold_groups(runs: Sequence[LoadedRun], images: str | Path,
+                       samples: Sequence[Sample], folds: Sequence[str]
+                       ) -> tuple[list[tuple[list[int], list[Sample]]], dict[str, str]]:
+    """For ``--out-of-fold``: which runs predict which images of a split manifest.
+
+    Each run validated on one fold (``train --fold K``, recorded in config.json); an image of
+    fold K is predicted by that run alone, so no image is predicted by a model that trained on
+    it. Rows left out of every fold (``-1``, ``split --balance``) were seen by no run and are
+    predicted by all of them. Returns (run indices, samples) groups in manifest order of their
+    first image, and the fold -> run mapping for prediction.json."""
+    by_fold: dict[int, int] = {}
+    for index, run in enumerate(runs):
+        fold = str(run.config.training.get("fold", ""))
+        try:
+            k = int(fold)
+        except ValueError:
+            raise NervesegError(f"{run.path}: trained with --fold {fold or '?'}, so it has no "
+                                "held-out fold; --out-of-fold needs runs trained with --fold K"
+                                ) from None
+        if k in by_fold:
+            raise NervesegError(f"{run.path} and {runs[by_fold[k]].path} both validated on "
+                                f"fold {k}; --out-of-fold needs one run per fold")
+        by_fold[k] = index
+        trained_on = run.config.training.get("manifest")
+        if trained_on and Path(trained_on).resolve() != Path(images).resolve():
+            warn(f"{run.path} was trained on {trained_on}, not {images}: its predictions are "
+                 "out-of-fold only if both files hold the same folds")
+    try:
+        sample_folds = [int(f) if f != "" else -1 for f in folds]
+    except ValueError:
+        raise NervesegError(f"{images}: the fold column must hold integers") from None
+    lacking = sorted({f for f in sample_folds if f >= 0} - set(by_fold))
+    if lacking:
+        raise NervesegError(f"{images}: no run validated on fold(s) "
+                            f"{', '.join(map(str, lacking))} (runs given validated on "
+                            f"{', '.join(map(str, sorted(by_fold)))})")
+    groups: dict[tuple[int, ...], list[Sample]] = {}
+    for sample, fold in zip(samples, sample_folds, strict=True):
+        key = (by_fold[fold],) if fold >= 0 else tuple(range(len(runs)))
+        groups.setdefault(key, []).append(sample)
+    mapping = {str(k): str(runs[i].path) for k, i in sorted(by_fold.items())}
+    return [(list(key), members) for key, members in groups.items()], mapping
+
+
 def _default_crf() -> dict[str, Any]:
     from dataclasses import asdict
 
@@ -217,13 +263,15 @@ def predict(runs: Sequence[str | Path], images: str | Path, out: str | Path, *,
             crf: bool | None = None, masks: str | Path | None = None, batch_size: int = 8,
             device: str = "auto", amp: str = "auto", channels_last: bool = False,
             workers: int = 4, resume: bool = False, part: str | None = None,
-            overwrite: bool = False,
+            out_of_fold: bool = False, overwrite: bool = False,
             progress: Callable[[int], None] | None = None) -> PredictResult:
     """Predict every image of a set with one or more runs and write a probability folder.
 
     Options left at None take the first run's recipe values (config.json ``inference``), then
     :data:`PREDICT_DEFAULTS`; ``crf=True`` refines each map with the dense CRF (the recipe's
-    parameters, or the CRF's defaults) before it is written."""
+    parameters, or the CRF's defaults) before it is written. ``out_of_fold``: ``images`` is a
+    split manifest and each image is predicted only by the run that validated on its fold
+    (:func:`out_of_fold_groups`)."""
     if not runs:
         raise NervesegError("predict needs at least one run folder")
     options = resolve_inference(
@@ -250,12 +298,24 @@ def predict(runs: Sequence[str | Path], images: str | Path, out: str | Path, *,
     torch_device = resolve_device(device)
     amp_dtype = resolve_amp(amp, torch_device)
     loaded = load_runs(runs, torch_device, channels_last)
-    samples = discover_images(images)
-    samples = samples[k - 1::n]  # a deterministic share for --part K/N
+    samples, columns = discover_with_columns(images)
+    fold_runs: dict[str, str] | None = None
+    if out_of_fold:
+        if "fold" not in columns:
+            raise NervesegError(f"{images}: --out-of-fold needs a split manifest (a fold "
+                                "column, from `nerveseg split`)")
+        groups, fold_runs = out_of_fold_groups(loaded, images, samples, columns["fold"])
+    else:
+        groups = [(list(range(len(loaded))), list(samples))]
+    # a deterministic share for --part K/N
+    share = {s.id for s in samples[k - 1::n]}
+    groups = [(members, [s for s in group if s.id in share]) for members, group in groups]
+    samples = [s for _, group in groups for s in group]
     out = prepare_output_dir(out, overwrite, resume)
     masks_dir = prepare_output_dir(masks, overwrite, resume) if masks else None
     done = {p.stem for p in out.glob("*.png")} if resume else set()
     todo = [s for s in samples if s.id not in done]
+    groups = [(members, [s for s in group if s.id not in done]) for members, group in groups]
     if external_presence is not None:
         absent = [s.id for s in todo if s.id not in external_presence]
         if absent:
@@ -270,37 +330,41 @@ def predict(runs: Sequence[str | Path], images: str | Path, out: str | Path, *,
                            "min_area": post.min_area, "presence_threshold": presence_threshold,
                            "presence_from": str(presence_from) if presence_from else None,
                            "crf": options.crf, "part": f"{k}/{n}",
+                           "out_of_fold": fold_runs,
                            "from_recipe": {"run": str(runs[0]), "options": options.from_recipe}
                            if options.from_recipe else None})
     started = time.perf_counter()
     written = 0
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         pending: list[Future] = []
-        for batch, decoded in _decoded_batches(todo, batch_size, pool):
-            per_run = [predict_images(run, decoded, tta, torch_device, amp_dtype,
-                                      channels_last) for run in loaded]
-            for i, sample in enumerate(batch):
-                merged_runs, run_presence = [], []
-                for stacks, presences in per_run:
-                    prob, _ = merge_stack(stacks[i], tta_merge, post.threshold, asme_base)
-                    merged_runs.append(prob)
-                    if presences is not None:
-                        run_presence.append(float(presences[i].mean()))
-                prob, _ = merge_stack(np.stack(merged_runs), merge, post.threshold, asme_base)
-                image_presence = external_presence[sample.id] if external_presence is not None \
-                    else (float(np.mean(run_presence)) if run_presence else None)
-                if image_presence is not None:
-                    presence[sample.id] = image_presence
-                if presence_threshold is not None and image_presence is not None and \
-                        image_presence < presence_threshold:
-                    prob = np.zeros_like(prob)
-                pending.append(pool.submit(_write_outputs, out, masks_dir, sample.id, prob,
-                                           post, decoded[i] if crf_params else None,
-                                           crf_params))
-            written += len(batch)
-            pending = _drain(pending, keep=4 * max(1, workers))
-            if progress:
-                progress(len(batch))
+        for members, group in groups:
+            for batch, decoded in _decoded_batches(group, batch_size, pool):
+                per_run = [predict_images(loaded[m], decoded, tta, torch_device, amp_dtype,
+                                          channels_last) for m in members]
+                for i, sample in enumerate(batch):
+                    merged_runs, run_presence = [], []
+                    for stacks, presences in per_run:
+                        prob, _ = merge_stack(stacks[i], tta_merge, post.threshold, asme_base)
+                        merged_runs.append(prob)
+                        if presences is not None:
+                            run_presence.append(float(presences[i].mean()))
+                    prob, _ = merge_stack(np.stack(merged_runs), merge, post.threshold,
+                                          asme_base)
+                    image_presence = external_presence[sample.id] \
+                        if external_presence is not None \
+                        else (float(np.mean(run_presence)) if run_presence else None)
+                    if image_presence is not None:
+                        presence[sample.id] = image_presence
+                    if presence_threshold is not None and image_presence is not None and \
+                            image_presence < presence_threshold:
+                        prob = np.zeros_like(prob)
+                    pending.append(pool.submit(_write_outputs, out, masks_dir, sample.id, prob,
+                                               post, decoded[i] if crf_params else None,
+                                               crf_params))
+                written += len(batch)
+                pending = _drain(pending, keep=4 * max(1, workers))
+                if progress:
+                    progress(len(batch))
         _drain(pending, keep=0)
     if presence:
         write_presence(out / PRESENCE_CSV, presence)

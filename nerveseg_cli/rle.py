@@ -322,7 +322,8 @@ def encode_folder(source: str | Path, out: str | Path, *, fmt: str = SUBMISSION,
             return rle_encode(post.drop_small(maps.read_mask(sample_id, label)))
         values = maps.read_values(sample_id)
         mask = post.apply(values)
-        checker.update(values, mask)
+        if not maps.has_prediction_json:  # low values are no label-map hint in a prob. folder
+            checker.update(values, mask)
         return rle_encode(mask)
 
     encoded = dict(zip(ids, thread_map(encode, ids, workers), strict=True))

@@ -9,8 +9,8 @@ from pathlib import Path
 from nerveseg_cli import __version__
 from tests.conftest import run_cli
 
-COMMANDS = ["synth", "dedupe", "split", "train", "predict", "ensemble", "crf", "rle-encode",
-            "rle-decode", "score", "demo"]
+COMMANDS = ["synth", "dedupe", "split", "train", "recipes", "predict", "ensemble", "crf",
+            "rle-encode", "rle-decode", "score", "demo"]
 
 
 def test_version() -> None:
@@ -46,14 +46,14 @@ def test_debug_shows_traceback_otherwise_one_line(tmp_path: Path) -> None:
     assert result.exit_code != 0 and result.exception is not None
 
 
-def test_demo_runs_the_chain(tmp_path: Path) -> None:
-    result = run_cli("demo", tmp_path / "demo", "--size", "64x48")
-    assert result.exit_code == 0, result.stderr
-    assert "Kaggle mean Dice" in result.stdout and "1.0000" in result.stdout
-    assert "byte-identical: True" in result.stdout
-    for step in ("nerveseg synth", "nerveseg rle-decode", "nerveseg rle-encode",
-                 "nerveseg score"):
-        assert step in result.stderr
-    for path in ("data/train_masks.csv", "decoded", "train_masks.reencoded.csv",
-                 "score/per_image.csv", "score/summary.json"):
-        assert (tmp_path / "demo" / path).exists(), path
+def test_demo_refuses_a_used_folder_and_bad_settings_before_any_work(tmp_path: Path) -> None:
+    """The demo itself runs in tests/test_demo.py; here only its cheap refusals."""
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "notes.txt").write_text("mine")
+    result = run_cli("demo", used)
+    assert result.exit_code == 2 and "--overwrite" in result.stderr
+    assert sorted(p.name for p in used.iterdir()) == ["notes.txt"]
+    result = run_cli("demo", tmp_path / "new", "--train-size", "100x64")
+    assert result.exit_code == 2 and "multiples of 32" in result.stderr
+    assert not (tmp_path / "new").exists()

@@ -30,7 +30,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
               "device": "cpu", "workers": 1}
     train(TrainOptions(**common, presence_head=True), root / "run_pad")
     train(TrainOptions(**common, size="64x32"), root / "run_resize")
+    train(TrainOptions(**{**common, "fold": "1"}, size="64x32"), root / "run_fold1")
     return {"root": root, "pad": root / "run_pad", "resize": root / "run_resize",
+            "fold1": root / "run_fold1", "manifest": manifest,
             "test": root / "data" / "test", "train": root / "data" / "train"}
 
 
@@ -175,3 +177,60 @@ def test_bad_inputs(trained: dict[str, Path], tmp_path: Path) -> None:
                                   tmp_path / "o3", "--tta", "rot90"), "--tta")
     assert_one_line_error(run_cli("predict", trained["pad"], trained["test"], "--out",
                                   tmp_path / "o3", "--part", "3/2"), "--part")
+
+
+def test_out_of_fold_predicts_each_image_with_the_run_that_held_it_out(
+        trained: dict[str, Path], tmp_path: Path) -> None:
+    """--out-of-fold: fold-0 images come from the fold-0 run alone, fold-1 images from the
+    fold-1 run alone, whatever order the runs are given in; one folder holds them all."""
+    manifest, oof = trained["manifest"], tmp_path / "oof"
+    result = run_cli("predict", trained["fold1"], trained["resize"], manifest, "--out-of-fold",
+                     "--out", oof, "--device", "cpu", "--json")
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    table = pd.read_csv(manifest, dtype={"id": str})
+    assert json.loads(result.stdout)["written"] == len(table)
+    alone = {}
+    for fold, run in ((0, trained["resize"]), (1, trained["fold1"])):
+        alone[fold] = tmp_path / f"alone{fold}"
+        assert run_cli("predict", run, manifest, "--out", alone[fold], "--device",
+                       "cpu").exit_code == 0
+    for row in table.itertuples():
+        expected = read_image(alone[row.fold] / f"{row.id}.png")
+        np.testing.assert_array_equal(read_image(oof / f"{row.id}.png"), expected)
+    record = json.loads((oof / "prediction.json").read_text())
+    assert record["options"]["out_of_fold"] == {"0": str(trained["resize"]),
+                                                "1": str(trained["fold1"])}
+
+
+def test_out_of_fold_refuses_what_cannot_be_out_of_fold(trained: dict[str, Path],
+                                                        tmp_path: Path) -> None:
+    manifest = trained["manifest"]
+    assert_one_line_error(run_cli("predict", trained["pad"], trained["resize"], manifest,
+                                  "--out-of-fold", "--out", tmp_path / "a", "--device", "cpu"),
+                          "both validated on fold 0")
+    assert_one_line_error(run_cli("predict", trained["pad"], manifest, "--out-of-fold",
+                                  "--out", tmp_path / "b", "--device", "cpu"),
+                          "no run validated on fold(s) 1")
+    assert_one_line_error(run_cli("predict", trained["pad"], trained["test"], "--out-of-fold",
+                                  "--out", tmp_path / "c", "--device", "cpu"),
+                          "needs a split manifest")
+    assert not any((tmp_path / name).exists() for name in "abc")
+
+
+def test_out_of_fold_rows_left_out_of_every_fold_get_all_runs(trained: dict[str, Path],
+                                                              tmp_path: Path) -> None:
+    from nerveseg_cli.io import read_manifest_columns
+
+    samples, columns = read_manifest_columns(trained["manifest"])
+    folds = list(columns["fold"])
+    folds[0] = "-1"  # e.g. left out by split --balance: no run trained on it
+    manifest = tmp_path / "manifest.csv"
+    write_manifest(manifest, samples, extra={"fold": folds})
+    oof, both = tmp_path / "oof", tmp_path / "both"
+    runs = (trained["resize"], trained["fold1"])
+    assert run_cli("predict", *runs, manifest, "--out-of-fold", "--out", oof, "--device",
+                   "cpu").exit_code == 0
+    assert run_cli("predict", *runs, manifest, "--out", both, "--device", "cpu").exit_code == 0
+    first = samples[0].id
+    np.testing.assert_array_equal(read_image(oof / f"{first}.png"),
+                                  read_image(both / f"{first}.png"))

@@ -64,6 +64,9 @@ def predict_command(
     part: Annotated[str | None, typer.Option(
         help="K/N: process the K-th of N deterministic shares (several GPUs or machines).")
     ] = None,
+    out_of_fold: Annotated[bool, typer.Option(
+        "--out-of-fold", help="IMAGES is a split manifest: predict each image only with the "
+        "run that validated on its fold (train --fold K), for out-of-fold scores.")] = False,
     workers: Workers = 4,
     overwrite: Overwrite = False,
     json_output: JsonOutput = False,
@@ -85,7 +88,8 @@ def predict_command(
                          presence_from=presence_from, crf=crf, masks=masks,
                          batch_size=batch_size,
                          device=device, amp=amp, channels_last=channels_last, workers=workers,
-                         resume=resume, part=part, overwrite=overwrite, progress=advance)
+                         resume=resume, part=part, out_of_fold=out_of_fold,
+                         overwrite=overwrite, progress=advance)
     summary = {"written": result.written, "skipped (resume)": result.skipped,
                "images_per_second": round(result.images_per_second, 2),
                "with_presence": len(result.presence), "out": str(out)}

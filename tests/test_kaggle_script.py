@@ -1,0 +1,96 @@
+"""examples/kaggle.sh end to end with SMOKE=1 (synthetic data, tiny sizes, 1 epoch), through
+bash and the venv's ``nerveseg``, as a user would run it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "examples" / "kaggle.sh"
+
+
+def run_script(out: Path, **env: str) -> subprocess.CompletedProcess:
+    """Run the script with the venv's bin first on PATH and one torch thread per process."""
+    bin_dir = Path(sys.executable).parent
+    assert (bin_dir / "nerveseg").exists(), "the nerveseg console script is not installed"
+    environment = {k: v for k, v in os.environ.items()
+                   if k not in ("DATA", "RECIPE", "FOLDS", "EPOCHS", "DEVICE", "CRF", "SMOKE",
+                                "TRAIN_ARGS", "OVERWRITE", "CUDA_VISIBLE_DEVICES")}
+    environment.update({"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+                        "OUT": str(out), "OMP_NUM_THREADS": "1", "NO_COLOR": "1",
+                        "COLUMNS": "120", **env})
+    return subprocess.run(["bash", str(SCRIPT)], env=environment, capture_output=True,
+                          text=True, timeout=600, cwd=out.parent)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    """One SMOKE run with the CRF, folds in parallel as on two GPUs (CUDA_VISIBLE_DEVICES=0,1:
+    on a machine without them, each process falls back to the CPU)."""
+    out = tmp_path_factory.mktemp("kaggle") / "work"
+    done = run_script(out, SMOKE="1", CRF="1", DEVICE="auto", CUDA_VISIBLE_DEVICES="0,1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out, done
+
+
+def test_smoke_run_writes_a_submission_in_sample_order(smoke) -> None:  # noqa: ANN001
+    out, done = smoke
+    submission = pd.read_csv(out / "submission.csv", dtype=str, keep_default_na=False)
+    sample = pd.read_csv(out / "synth" / "sample_submission.csv", dtype=str,
+                         keep_default_na=False)
+    assert list(submission.columns) == ["img", "pixels"]
+    assert submission["img"].tolist() == sample["img"].tolist()
+    assert f"submission: {out}/submission.csv" in done.stderr
+    assert "pass --label" not in done.stderr  # probability maps are no label maps
+
+
+def test_smoke_run_leaves_every_step_behind(smoke) -> None:  # noqa: ANN001
+    out, _ = smoke
+    folds = pd.read_csv(out / "folds.csv", dtype={"id": str})
+    assert sorted(folds["fold"].unique()) == [0, 1]
+    for k in (0, 1):
+        assert (out / "runs" / f"fold{k}" / "model.safetensors").is_file()
+        assert (out / "logs" / f"train-fold{k}.log").is_file()  # the parallel branch ran
+        assert len(list((out / "test" / f"fold{k}").glob("*.png"))) == 4
+    oof = sorted(p.stem for p in (out / "oof" / "probs").glob("*.png"))
+    assert oof == sorted(folds["id"])  # every training image, out of fold
+    assert sorted(p.stem for p in (out / "oof" / "crf").glob("*.png")) == oof
+    assert (out / "test" / "ensemble" / "weights.csv").is_file()  # ASME
+    assert len(list((out / "test" / "crf").glob("*.png"))) == 4
+    for name in ("postprocess.json", "sweep.csv", "subjects.csv", "summary.json"):
+        assert (out / "score" / name).is_file()
+
+
+def test_sequential_run_without_gpus(tmp_path: Path) -> None:
+    """No GPU visible: the folds train one after the other in the foreground, no CRF; a second
+    run refuses to overwrite, OVERWRITE=1 allows it."""
+    out = tmp_path / "work"
+    done = run_script(out, SMOKE="1", DEVICE="cpu")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not (out / "logs").exists() and not (out / "oof" / "crf").exists()
+    assert "epoch   1" in done.stderr  # training reported in the foreground
+    again = run_script(out, SMOKE="1", DEVICE="cpu")
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+
+
+def test_missing_data_is_one_clear_error(tmp_path: Path) -> None:
+    done = run_script(tmp_path / "work")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "error: set DATA to the Kaggle folder (train/, test/, sample_submission.csv), or "
+        "SMOKE=1 for a synthetic run"]
+    done = run_script(tmp_path / "work2", DATA=str(tmp_path / "nowhere"))
+    assert done.returncode == 2 and "nowhere/train not found" in done.stderr
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
+def test_shellcheck_clean() -> None:
+    done = subprocess.run(["shellcheck", str(SCRIPT)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout

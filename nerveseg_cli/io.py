@@ -39,6 +39,10 @@ MANIFEST_COLUMNS = ("id", "image", "mask", "subject", "has_mask")
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _KAGGLE_ID = re.compile(r"^(\d+)_(\d+)$")
 
+# Read once at import: os.umask can only be read by setting it, which is not thread-safe.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -245,6 +249,7 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs) -> Iterator[IO]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs get the usual mode
     try:
         with os.fdopen(fd, mode, **kwargs) as handle:
             yield handle

@@ -1,8 +1,8 @@
 """``nerveseg demo``: the whole pipeline at tiny settings, run once for the module.
 
-Smaller images than the default (290x210, trained at 64x64), 4 test images, 5 epochs: two minutes
-work becomes about half of one, and the models still learn enough to beat the all-empty
-submission out of fold (the default settings beat it by far more; docs/demo.md)."""
+Smaller images than the default (290x210, trained at 64x64), 4 test images and 5 epochs take
+about 45 s with one torch thread on 2 cores, and the models still learn enough to beat the
+all-empty submission out of fold (0.81 against 0.48; the defaults: 0.79 against 0.42)."""
 
 from __future__ import annotations
 

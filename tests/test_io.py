@@ -182,3 +182,12 @@ def test_small_helpers() -> None:
     for bad in ["", ".hidden", "a/b", "a\\b", "..", "a..b", "a b"]:
         with pytest.raises(NervesegError):
             validate_id(bad, "here")
+
+
+def test_atomic_writes_get_the_usual_file_mode(tmp_path: Path) -> None:
+    import os
+
+    write_image(tmp_path / "a.png", np.zeros((2, 2), np.uint8))
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert (tmp_path / "a.png").stat().st_mode & 0o777 == 0o666 & ~umask

@@ -125,3 +125,5 @@ PresenceThreshold = Annotated[float | None, typer.Option(
     help="Empty the maps of images whose presence probability (presence.csv) is below T.")]
 PresenceFrom = Annotated[Path | None, typer.Option(
     "--presence-from", help="Take presence from this presence.csv (e.g. another model's).")]
+SubjectRegex = Annotated[str | None, typer.Option(
+    "--subject-regex", help="Regex whose first group is the subject of an id.")]

@@ -13,6 +13,7 @@ from nerveseg_cli.cli._common import (
     JsonOutput,
     Label,
     Overwrite,
+    SubjectRegex,
     Workers,
     handle_errors,
     key_value_table,
@@ -83,8 +84,7 @@ def dedupe_command(
     ] = None,
     montage_pairs: Annotated[int, typer.Option(
         "--montage-pairs", min=1, help="Most pairs drawn in the montage.")] = 100,
-    subject_regex: Annotated[str | None, typer.Option(
-        "--subject-regex", help="Regex whose first group is the subject of an id.")] = None,
+    subject_regex: SubjectRegex = None,
     label: Label = None,
     overwrite: Overwrite = False,
     workers: Workers = 4,

@@ -18,6 +18,7 @@ from nerveseg_cli.cli._common import (
     PresenceFrom,
     PresenceThreshold,
     Size,
+    SubjectRegex,
     Threshold,
     Workers,
     format_value,
@@ -57,8 +58,7 @@ def score_command(
     label: Label = None,
     by: Annotated[str | None, typer.Option(
         "--by", help="'subject' adds a per-subject table.")] = None,
-    subject_regex: Annotated[str | None, typer.Option(
-        "--subject-regex", help="Regex whose first group is the subject of an id.")] = None,
+    subject_regex: SubjectRegex = None,
     allow_missing: Annotated[bool, typer.Option(
         "--allow-missing", help="Score ground-truth ids without a prediction as empty.")
     ] = False,

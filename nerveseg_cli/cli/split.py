@@ -14,6 +14,7 @@ from nerveseg_cli.cli._common import (
     JsonOutput,
     Label,
     Overwrite,
+    SubjectRegex,
     Workers,
     handle_errors,
     print_json,
@@ -53,8 +54,7 @@ def split_command(
     check: Annotated[bool, typer.Option(
         "--check", help="Audit INPUT, an existing split: exit 1 if a subject or duplicate "
         "group sits in more than one fold.")] = False,
-    subject_regex: Annotated[str | None, typer.Option(
-        "--subject-regex", help="Regex whose first group is the subject of an id.")] = None,
+    subject_regex: SubjectRegex = None,
     label: Label = None,
     overwrite: Overwrite = False,
     workers: Workers = 4,

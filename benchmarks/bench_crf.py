@@ -41,7 +41,8 @@ from nerveseg_cli.crf import (  # noqa: E402
     crf_refine,
     refine_file,
 )
-from nerveseg_cli.io import read_image, read_mask, write_image  # noqa: E402
+from nerveseg_cli.io.images import read_image, read_mask  # noqa: E402
+from nerveseg_cli.io.outputs import write_image  # noqa: E402
 from nerveseg_cli.probmaps import write_probability  # noqa: E402
 from nerveseg_cli.synth import synth  # noqa: E402
 

@@ -34,7 +34,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, report  # noqa: E402
 
-from nerveseg_cli.io import discover_images, read_image, write_manifest  # noqa: E402
+from nerveseg_cli.io.datasets import discover_images, write_manifest  # noqa: E402
+from nerveseg_cli.io.images import read_image  # noqa: E402
 
 SPEC_SET = (47, 120)  # subjects, frames per subject: 5640 images
 BIG_SET = (160, 125)  # 20000 images

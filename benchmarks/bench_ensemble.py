@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import kaggle_dir, report  # noqa: E402
 
 from nerveseg_cli.ensemble import ensemble  # noqa: E402
-from nerveseg_cli.io import thread_map  # noqa: E402
+from nerveseg_cli.io.parallel import thread_map  # noqa: E402
 from nerveseg_cli.probmaps import read_probability_values, write_probability  # noqa: E402
 from nerveseg_cli.rle import parse_table, read_rle_csv, runs_to_mask  # noqa: E402
 

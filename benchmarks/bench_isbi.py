@@ -30,7 +30,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, report  # noqa: E402
 
-from nerveseg_cli.io import Sample, write_manifest  # noqa: E402
+from nerveseg_cli.io.datasets import Sample, write_manifest  # noqa: E402
 from nerveseg_cli.train import TrainOptions, train  # noqa: E402
 
 SIZE = 256

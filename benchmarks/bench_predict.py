@@ -24,12 +24,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import report  # noqa: E402
 
-from nerveseg_cli.io import discover_images, write_manifest  # noqa: E402
-from nerveseg_cli.predict import predict  # noqa: E402
+from nerveseg_cli.device import resolve_amp, resolve_device  # noqa: E402
+from nerveseg_cli.io.datasets import discover_images, write_manifest  # noqa: E402
+from nerveseg_cli.predict import PredictOptions, predict  # noqa: E402
 from nerveseg_cli.runs import load_run  # noqa: E402
 from nerveseg_cli.synth import synth  # noqa: E402
 from nerveseg_cli.train import TrainOptions, train  # noqa: E402
-from nerveseg_cli.train.engine import resolve_amp, resolve_device  # noqa: E402
 
 
 def main() -> None:
@@ -71,8 +71,9 @@ def main() -> None:
                 torch.cuda.synchronize()
         model_rate = batches * args.batch_size / (time.perf_counter() - start)
         start = time.perf_counter()
-        result = predict([root / "run"], root / "data" / "test", root / "probs", tta=args.tta,
-                         batch_size=args.batch_size, device=args.device, amp=args.amp)
+        result = predict([root / "run"], root / "data" / "test", root / "probs",
+                         PredictOptions(tta=args.tta, batch_size=args.batch_size,
+                                        device=args.device, amp=args.amp))
         command_s = time.perf_counter() - start
     command_rate = result.written / command_s
     ratio = command_rate / model_rate

@@ -21,7 +21,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import report, require_kaggle  # noqa: E402
 
-from nerveseg_cli.rle import (  # noqa: E402
+from nerveseg_cli.rle import (
     decode_csv_to_folder,
     encode_folder,
     format_rle_csv,

@@ -27,17 +27,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import report  # noqa: E402
 
-from nerveseg_cli.io import discover_images, parse_size, write_manifest  # noqa: E402
+from nerveseg_cli.device import resolve_amp, resolve_device  # noqa: E402
+from nerveseg_cli.io.datasets import discover_images, write_manifest  # noqa: E402
+from nerveseg_cli.io.images import parse_size  # noqa: E402
 from nerveseg_cli.models import build_model  # noqa: E402
 from nerveseg_cli.synth import synth  # noqa: E402
 from nerveseg_cli.train import TrainOptions, train  # noqa: E402
 from nerveseg_cli.train.augment import augment_batch  # noqa: E402
 from nerveseg_cli.train.data import cache_samples, choose_geometry, epoch_batches  # noqa: E402
-from nerveseg_cli.train.engine import (  # noqa: E402
-    _batch_tensors,
-    resolve_amp,
-    resolve_device,
-)
+from nerveseg_cli.train.engine import _batch_tensors  # noqa: E402
 
 
 def peak_rss_mb() -> float:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from nerveseg_cli.errors import NervesegError
-from nerveseg_cli.io import threshold_level
+from nerveseg_cli.postprocess import threshold_level
 
 DEFAULT_BASE = 100.0
 # Sums of 0/1 float32 values stay exact below 2**24, so BLAS may accumulate in float32.

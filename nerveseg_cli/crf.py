@@ -47,15 +47,10 @@ import cv2
 import numpy as np
 
 from nerveseg_cli.errors import NervesegError
-from nerveseg_cli.io import (
-    Sample,
-    discover_images,
-    prepare_output_dir,
-    read_raw,
-    sort_ids,
-    thread_map,
-    to_uint8_gray,
-)
+from nerveseg_cli.io.datasets import Sample, discover_images, sort_ids
+from nerveseg_cli.io.images import read_raw, to_uint8_gray
+from nerveseg_cli.io.outputs import prepare_output_dir
+from nerveseg_cli.io.parallel import thread_map
 from nerveseg_cli.probmaps import (
     PRESENCE_CSV,
     ProbabilityFolder,

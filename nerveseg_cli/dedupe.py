@@ -33,22 +33,17 @@ import cv2
 import numpy as np
 
 from nerveseg_cli.errors import NervesegError
-from nerveseg_cli.io import (
-    IMAGE_SUFFIXES,
-    MaskSetChecker,
-    Sample,
+from nerveseg_cli.groups import linked_components
+from nerveseg_cli.io.datasets import Sample, discover_with_columns, write_manifest
+from nerveseg_cli.io.images import IMAGE_SUFFIXES, MaskReader, read_image
+from nerveseg_cli.io.outputs import (
     atomic_write_text,
     check_output_file,
-    discover_with_columns,
-    mask_from_array,
     prepare_output_dir,
-    read_image,
-    read_raw,
-    thread_map,
     write_image,
-    write_manifest,
     write_mask,
 )
+from nerveseg_cli.io.parallel import thread_map
 
 SIGNATURE_SIZE = (64, 48)  # (width, height) of the averaged-down image behind a signature
 DEFAULT_NEAR_THRESHOLD = 0.005
@@ -122,7 +117,7 @@ def fingerprint_images(samples: Sequence[Sample], *, use_masks: bool = True,
                        label: int | None = None, workers: int = 4,
                        progress: Callable[[int], None] | None = None) -> Fingerprints:
     """Decode every image (and mask) once, in threads, and keep only its fingerprint."""
-    checker = MaskSetChecker()
+    reader = MaskReader(label, "masks")
 
     def one(sample: Sample) -> tuple[bytes, np.ndarray, tuple[int, int], int,
                                      np.ndarray | None]:
@@ -131,14 +126,11 @@ def fingerprint_images(samples: Sequence[Sample], *, use_masks: bool = True,
         image = read_image(sample.image)
         area, packed = -1, None
         if use_masks and sample.mask is not None:
-            raw = read_raw(sample.mask)
-            mask = mask_from_array(raw, label)
+            mask = reader.read(sample.mask)
             if mask.shape != image.shape:
                 raise NervesegError(
                     f"{sample.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
                     f"{sample.image.name} is {image.shape[1]}x{image.shape[0]}")
-            if label is None:
-                checker.update(raw, mask)  # only ever sets flags to True: thread-safe
             area = int(np.count_nonzero(mask))
             packed = np.packbits(mask) if area else None
         result = (pixel_digest(image), image_signature(image), image.shape, area, packed)
@@ -161,8 +153,8 @@ def fingerprint_images(samples: Sequence[Sample], *, use_masks: bool = True,
         prints.shapes[index] = shape
         prints.mask_areas[index] = area
         prints.packed_masks[index] = packed
-    if use_masks and label is None:
-        checker.finish("masks")
+    if use_masks:
+        reader.finish()
     return prints
 
 
@@ -276,19 +268,11 @@ def duplicate_groups(n_images: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
     Groups are numbered from 0 in the order of their first member.
     """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    if n_images == 0:
-        return np.zeros(0, dtype=np.int64)
-    graph = coo_matrix((np.ones(a.size, dtype=np.int8), (a, b)), shape=(n_images, n_images))
-    _, labels = connected_components(graph, directed=False)
-    sizes = np.bincount(labels)
-    _, first = np.unique(labels, return_index=True)  # first member of each label
-    shared = np.flatnonzero(sizes > 1)
-    numbering = np.full(sizes.size, -1, dtype=np.int64)
-    numbering[shared[np.argsort(first[shared], kind="stable")]] = np.arange(shared.size)
-    return numbering[labels]
+    components = linked_components(n_images, a, b)
+    shared = np.bincount(components, minlength=1) > 1  # components in order of first member
+    numbering = np.full(shared.size, -1, dtype=np.int64)
+    numbering[shared] = np.arange(int(shared.sum()))
+    return numbering[components]
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,26 +18,28 @@ import json
 import shlex
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from nerveseg_cli.crf import crf
 from nerveseg_cli.dedupe import dedupe
 from nerveseg_cli.dedupe import write_outputs as write_dedupe_outputs
 from nerveseg_cli.ensemble import ensemble
 from nerveseg_cli.errors import NervesegError
-from nerveseg_cli.io import atomic_write_text, parse_size, prepare_output_dir
-from nerveseg_cli.predict import predict
-from nerveseg_cli.recipes import load_recipe, merge_recipe
+from nerveseg_cli.io.images import parse_size
+from nerveseg_cli.io.outputs import atomic_write_text, prepare_output_dir
+from nerveseg_cli.postprocess import write_postprocess
+from nerveseg_cli.predict import PredictOptions, predict
 from nerveseg_cli.rle import EncodeResult, encode_folder
-from nerveseg_cli.score import ScoreReport, score, write_outputs, write_postprocess
+from nerveseg_cli.score import ScoreReport, score, write_outputs
 from nerveseg_cli.split import split, write_split
 from nerveseg_cli.synth import synth
 
 if TYPE_CHECKING:
-    from nerveseg_cli.train import EpochRecord
+    from nerveseg_cli.train.progress import Reporter
 
 RECIPE = "nerve-default"
 FOLDS = 2
@@ -129,6 +131,18 @@ class DemoResult:
         """Whether the trained models beat the all-empty submission out of fold."""
         return self.chosen.dice > self.empty_dice
 
+    def record(self) -> dict[str, Any]:
+        """The complete demo.json (beside ``"command": "demo"``)."""
+        return {
+            "complete": True, "settings": asdict(self.settings),
+            "scores": [{"name": line.name, "predictions": str(line.predictions),
+                        "threshold": line.threshold, "min_area": line.min_area,
+                        "dice": line.dice} for line in self.scores],
+            "chosen": self.chosen.name, "beats_empty": self.beats_empty,
+            "submission": str(self.submission), "fold_val_dice": self.fold_val_dice,
+            "seconds": {k: round(v, 2) for k, v in self.seconds.items()},
+        }
+
 
 def shell(*words: object) -> str:
     """A copyable shell command line from its words."""
@@ -158,164 +172,175 @@ def clear_previous_demo(out: Path) -> None:
             path.unlink()
 
 
+class _Demo:
+    """One demo run in ``out``: each method is one or a few pipeline steps, each step
+    announced to ``on_step`` as its shell command and timed in ``seconds``."""
+
+    def __init__(self, out: Path, settings: DemoSettings, on_step: Callable[[DemoStep], None],
+                 fold_reporter: Callable[[int], Reporter] | None) -> None:
+        self.out, self.settings, self.on_step = out, settings, on_step
+        self.fold_reporter = fold_reporter
+        self.seconds: dict[str, float] = {}
+        self.data, self.audit, self.folds = out / "data", out / "dedupe", out / "folds.csv"
+        self.runs = [out / "runs" / f"fold{k}" for k in range(FOLDS)]
+        self.oof, self.oof_crf = out / "oof" / "probs", out / "oof" / "crf"
+        self.test_maps = [out / "test" / f"fold{k}" for k in range(FOLDS)]
+        self.test_ensemble, self.test_crf = out / "test" / "ensemble", out / "test" / "crf"
+
+    @contextmanager
+    def step(self, name: str, *words: object, note: str = "") -> Iterator[None]:
+        """Announce a step (as the command that does it) and time it."""
+        self.on_step(DemoStep(shell("nerveseg", *words), note))
+        started = time.perf_counter()
+        yield
+        self.seconds[name] = time.perf_counter() - started
+
+    def make_data(self) -> None:
+        s = self.settings
+        with self.step("synth", "synth", self.data, "--subjects", s.subjects, "--per-subject",
+                       s.per_subject, "--test", s.test, "--size", _size(s.size), "--seed",
+                       s.seed, note="a fresh Kaggle-layout dataset: train/ (images + masks), "
+                       "test/, sample_submission.csv"):
+            synth(self.data, subjects=s.subjects, per_subject=s.per_subject, test=s.test,
+                  size=s.size, seed=s.seed)
+        with self.step("dedupe", "dedupe", self.data / "train", "--out", self.audit,
+                       note="drop the duplicate frames whose masks disagree (synth plants "
+                       "some)"):
+            write_dedupe_outputs(dedupe(self.data / "train"), self.audit)
+        with self.step("split", "split", self.audit / "manifest.csv", "--folds", FOLDS,
+                       "--seed", s.seed, "--out", self.folds,
+                       note="folds grouped by subject: no subject's frames on both sides"):
+            write_split(split(self.audit / "manifest.csv", folds=FOLDS, seed=s.seed),
+                        self.folds)
+
+    def train_folds(self) -> list[float]:
+        """One run per fold, from the recipe scaled down to a CPU; each run's best Dice."""
+        from nerveseg_cli.train import resolve_train_options, train
+
+        s = self.settings
+        overrides = {"encoder": s.encoder, "encoder_weights": "none",
+                     "size": _size(s.train_size), "epochs": s.epochs, "device": s.device,
+                     "seed": s.seed}
+        flags = [f"--{key.replace('_', '-')}" for key in overrides]
+        note = (f"{RECIPE} scaled down for a CPU demo: {RECIPE} uses ImageNet weights (a "
+                f"download this offline demo cannot make) and resnet34 at 608x448 for 40 "
+                f"epochs; here {s.encoder} from scratch at {_size(s.train_size)} for "
+                f"{s.epochs} epochs")
+        best = []
+        for k, run in enumerate(self.runs):
+            given = {"manifest": str(self.folds), "fold": str(k), **overrides}
+            words = [w for flag, value in zip(flags, overrides.values(), strict=True)
+                     for w in (flag, value)]
+            with self.step(f"train fold {k}", "train", self.folds, "--fold", k, "--recipe",
+                           RECIPE, *words, "--out", run, note=note if k == 0 else ""):
+                resolved = resolve_train_options(given, set(given), recipe=RECIPE)
+                reporter = self.fold_reporter(k) if self.fold_reporter else None
+                result = train(resolved.options, run, inference=resolved.inference,
+                               reporter=reporter)
+            best.append(result.best_dice)
+        return best
+
+    def predict_all(self) -> None:
+        device = self.settings.device
+        with self.step("predict out-of-fold", "predict", *self.runs, self.folds,
+                       "--out-of-fold", "--tta", "flips", "--device", device, "--out",
+                       self.oof, note="each training image by the fold model that never saw "
+                       "it; the recipe adds presence gating"):
+            predict(self.runs, self.folds, self.oof,
+                    PredictOptions(tta="flips", device=device, out_of_fold=True))
+        for k, (run, maps) in enumerate(zip(self.runs, self.test_maps, strict=True)):
+            with self.step(f"predict test fold {k}", "predict", run, self.data / "test",
+                           "--tta", "flips", "--device", device, "--out", maps):
+                predict([run], self.data / "test", maps, PredictOptions(tta="flips",
+                                                                          device=device))
+        with self.step("ensemble", "ensemble", *self.test_maps, "--method", "asme", "--out",
+                       self.test_ensemble, note="ASME: per image, each fold weighted by its "
+                       "agreement with the others"):
+            ensemble(self.test_maps, self.test_ensemble, method="asme")
+        with self.step("crf out-of-fold", "crf", self.oof, self.folds, "--out", self.oof_crf,
+                       note="the CRF on the out-of-fold maps too, to score whether it helps"):
+            crf(self.oof, self.folds, self.oof_crf)
+        with self.step("crf test", "crf", self.test_ensemble, self.data / "test", "--out",
+                       self.test_crf):
+            crf(self.test_ensemble, self.data / "test", self.test_crf)
+
+    def score_all(self) -> list[ScoreLine]:
+        """The all-empty submission, then the out-of-fold maps without and with the CRF, each
+        at the post-processing its sweep chose."""
+        empty_dir = self.out / "score" / "all-empty"
+        with self.step("score all-empty", "score", self.oof, self.folds, "--threshold", 1,
+                       "--out", empty_dir, note="the all-empty submission to beat: at "
+                       "threshold 1 no pixel is foreground"):
+            empty = score(self.oof, self.folds, threshold=1.0)
+            write_outputs(empty, empty_dir)
+        lines = [ScoreLine("all empty", self.oof, None, None, float(empty.summary["dice"]))]
+        for name, maps, label, note in (
+                ("oof", self.oof, "out-of-fold",
+                 "choose threshold and min area on out-of-fold maps"),
+                ("oof-crf", self.oof_crf, "out-of-fold + CRF", "")):
+            lines.append(self._sweep(name, maps, label, note))
+        return lines
+
+    def _sweep(self, name: str, maps: Path, label: str, note: str) -> ScoreLine:
+        target = self.out / "score" / name
+        post_path = target / "postprocess.json"
+        sweep_areas = self.settings.min_area_sweep
+        with self.step(f"score {name}", "score", maps, self.folds, "--sweep-threshold",
+                       SWEEP_THRESHOLDS, "--sweep-min-area", sweep_areas, "--out", target,
+                       note=note):
+            report = score(maps, self.folds, sweep_thresholds=SWEEP_THRESHOLDS,
+                           sweep_min_areas=sweep_areas)
+            write_outputs(report, target)
+            write_postprocess(report.sweep, post_path, str(maps), overwrite=False)
+        threshold, min_area, best = report.sweep.best
+        return ScoreLine(label, maps, threshold, min_area, best, post_path)
+
+    def submit(self, chosen: ScoreLine) -> EncodeResult:
+        test_chosen = self.test_crf if chosen.predictions == self.oof_crf else \
+            self.test_ensemble
+        sample = self.data / "sample_submission.csv"
+        submission = self.out / "submission.csv"
+        with self.step("rle-encode", "rle-encode", test_chosen, "--postprocess",
+                       chosen.postprocess, "--ids-from", sample, "--out", submission,
+                       note="the submission from the test maps of the better out-of-fold "
+                       f"variant ({chosen.name})"):
+            return encode_folder(test_chosen, submission, postprocess=chosen.postprocess,
+                                 ids_from=sample)
+
+
 def run_demo(out: str | Path = "nerveseg-demo", settings: DemoSettings = DemoSettings(), *,
              overwrite: bool = False, on_step: Callable[[DemoStep], None] = lambda step: None,
-             on_epoch: Callable[[int, EpochRecord], None] | None = None) -> DemoResult:
-    """Run the pipeline in ``out``; ``on_step`` receives each step before it runs, ``on_epoch``
-    (fold, EpochRecord) each training epoch. Raises NervesegError on bad settings."""
-    from nerveseg_cli.train import TrainOptions, train
-
+             fold_reporter: Callable[[int], Reporter] | None = None) -> DemoResult:
+    """Run the pipeline in ``out``; ``on_step`` receives each step before it runs,
+    ``fold_reporter(k)`` gives the progress reporter of fold k's training. Raises
+    NervesegError on bad settings."""
     settings.validate()
     out = Path(out)
     if overwrite and out.is_dir():
         clear_previous_demo(out)
     out = prepare_output_dir(out, overwrite)
-    atomic_write_text(out / MARKER, json.dumps({"command": "demo", "complete": False,
-                                                "settings": asdict(settings)}, indent=2) + "\n")
-    seconds: dict[str, float] = {}
+    write_marker(out, {"complete": False, "settings": asdict(settings)})
     started = time.perf_counter()
-
-    def step(name: str, command: str, note: str = "") -> None:
-        seconds[name] = time.perf_counter()
-        on_step(DemoStep(command, note))
-
-    def done(name: str) -> None:
-        seconds[name] = time.perf_counter() - seconds[name]
-
-    data, audit, folds = out / "data", out / "dedupe", out / "folds.csv"
-    s = settings
-
-    step("synth", shell("nerveseg", "synth", data, "--subjects", s.subjects, "--per-subject",
-                        s.per_subject, "--test", s.test, "--size", _size(s.size), "--seed",
-                        s.seed),
-         "a fresh Kaggle-layout dataset: train/ (images + masks), test/, sample_submission.csv")
-    synth(data, subjects=s.subjects, per_subject=s.per_subject, test=s.test, size=s.size,
-          seed=s.seed)
-    done("synth")
-
-    step("dedupe", shell("nerveseg", "dedupe", data / "train", "--out", audit),
-         "drop the duplicate frames whose masks disagree (synth plants some)")
-    write_dedupe_outputs(dedupe(data / "train"), audit)
-    done("dedupe")
-
-    step("split", shell("nerveseg", "split", audit / "manifest.csv", "--folds", FOLDS, "--seed",
-                        s.seed, "--out", folds),
-         "folds grouped by subject: no subject's frames on both sides")
-    write_split(split(audit / "manifest.csv", folds=FOLDS, seed=s.seed), folds)
-    done("split")
-
-    recipe = load_recipe(RECIPE)
-    overrides = {"encoder": s.encoder, "encoder_weights": "none", "size": _size(s.train_size),
-                 "epochs": s.epochs, "device": s.device, "seed": s.seed}
-    runs, fold_val_dice = [], []
-    for k in range(FOLDS):
-        run = out / "runs" / f"fold{k}"
-        runs.append(run)
-        step(f"train fold {k}",
-             shell("nerveseg", "train", folds, "--fold", k, "--recipe", RECIPE, "--encoder",
-                   s.encoder, "--encoder-weights", "none", "--size", _size(s.train_size),
-                   "--epochs", s.epochs, "--device", s.device, "--seed", s.seed, "--out", run),
-             f"{RECIPE} scaled down for a CPU demo: {RECIPE} uses ImageNet weights (a download "
-             f"this offline demo cannot make) and resnet34 at 608x448 for 40 epochs; here "
-             f"{s.encoder} from scratch at {_size(s.train_size)} for {s.epochs} epochs"
-             if k == 0 else "")
-        values = merge_recipe(TrainOptions(manifest=str(folds), fold=str(k)).to_dict(), recipe,
-                              set(overrides))
-        values.update(overrides)
-        result = train(TrainOptions.from_dict(values), run, inference=recipe.inference(),
-                       on_epoch_end=(lambda record, k=k: on_epoch(k, record))
-                       if on_epoch else None)
-        fold_val_dice.append(result.best_dice)
-        done(f"train fold {k}")
-
-    oof = out / "oof" / "probs"
-    step("predict out-of-fold",
-         shell("nerveseg", "predict", *runs, folds, "--out-of-fold", "--tta", "flips",
-               "--device", s.device, "--out", oof),
-         "each training image by the fold model that never saw it; the recipe adds presence "
-         "gating")
-    predict(runs, folds, oof, tta="flips", out_of_fold=True, device=s.device)
-    done("predict out-of-fold")
-
-    test_maps = []
-    for k, run in enumerate(runs):
-        test_maps.append(out / "test" / f"fold{k}")
-        step(f"predict test fold {k}",
-             shell("nerveseg", "predict", run, data / "test", "--tta", "flips", "--device",
-                   s.device, "--out", test_maps[-1]))
-        predict([run], data / "test", test_maps[-1], tta="flips", device=s.device)
-        done(f"predict test fold {k}")
-
-    test_ensemble = out / "test" / "ensemble"
-    step("ensemble", shell("nerveseg", "ensemble", *test_maps, "--method", "asme", "--out",
-                           test_ensemble),
-         "ASME: per image, each fold weighted by its agreement with the others")
-    ensemble(test_maps, test_ensemble, method="asme")
-    done("ensemble")
-
-    oof_crf, test_crf = out / "oof" / "crf", out / "test" / "crf"
-    step("crf out-of-fold", shell("nerveseg", "crf", oof, folds, "--out", oof_crf),
-         "the CRF on the out-of-fold maps too, to score whether it helps")
-    crf(oof, folds, oof_crf)
-    done("crf out-of-fold")
-    step("crf test", shell("nerveseg", "crf", test_ensemble, data / "test", "--out", test_crf))
-    crf(test_ensemble, data / "test", test_crf)
-    done("crf test")
-
-    scores_dir = out / "score"
-    empty_dir = scores_dir / "all-empty"
-    step("score all-empty", shell("nerveseg", "score", oof, folds, "--threshold", 1, "--out",
-                                  empty_dir),
-         "the all-empty submission to beat: at threshold 1 no pixel is foreground")
-    empty = score(oof, folds, threshold=1.0)
-    write_outputs(empty, empty_dir)
-    lines = [ScoreLine("all empty", oof, None, None, float(empty.summary["dice"]))]
-    done("score all-empty")
-
-    reports: dict[str, tuple[Path, ScoreReport]] = {}
-    for name, maps, label, note in (
-            ("oof", oof, "out-of-fold", "choose threshold and min area on out-of-fold maps"),
-            ("oof-crf", oof_crf, "out-of-fold + CRF", "")):
-        target = scores_dir / name
-        post_path = target / "postprocess.json"
-        step(f"score {name}",
-             shell("nerveseg", "score", maps, folds, "--sweep-threshold", SWEEP_THRESHOLDS,
-                   "--sweep-min-area", s.min_area_sweep, "--out", target), note)
-        report = score(maps, folds, sweep_thresholds=SWEEP_THRESHOLDS,
-                       sweep_min_areas=s.min_area_sweep)
-        write_outputs(report, target)
-        write_postprocess(report.sweep, post_path, str(maps), overwrite=False)
-        threshold, min_area, best = report.sweep.best
-        lines.append(ScoreLine(label, maps, threshold, min_area, best, post_path))
-        reports[label] = (maps, report)
-        done(f"score {name}")
-
+    demo = _Demo(out, settings, on_step, fold_reporter)
+    demo.make_data()
+    fold_val_dice = demo.train_folds()
+    demo.predict_all()
+    lines = demo.score_all()
     # The CRF is kept only when it helps out of fold (ties: without, the simpler chain).
     chosen = max(lines[1:], key=lambda line: (line.dice, line is lines[1]))
-    test_chosen = test_crf if chosen.predictions == oof_crf else test_ensemble
-    submission = out / "submission.csv"
-    step("rle-encode",
-         shell("nerveseg", "rle-encode", test_chosen, "--postprocess", chosen.postprocess,
-               "--ids-from", data / "sample_submission.csv", "--out", submission),
-         f"the submission from the test maps of the better out-of-fold variant ({chosen.name})")
-    encoded = encode_folder(test_chosen, submission, postprocess=chosen.postprocess,
-                            ids_from=data / "sample_submission.csv")
-    done("rle-encode")
-    chosen_report = score(chosen.predictions, folds, postprocess=chosen.postprocess)
-    seconds["total"] = time.perf_counter() - started
-
-    result = DemoResult(out, settings, lines, chosen, chosen_report, submission, encoded,
-                        fold_val_dice, seconds)
-    atomic_write_text(out / MARKER, json.dumps({
-        "command": "demo", "complete": True, "settings": asdict(settings),
-        "scores": [{"name": line.name, "predictions": str(line.predictions),
-                    "threshold": line.threshold, "min_area": line.min_area,
-                    "dice": line.dice} for line in lines],
-        "chosen": chosen.name, "beats_empty": result.beats_empty,
-        "submission": str(submission), "fold_val_dice": fold_val_dice,
-        "seconds": {k: round(v, 2) for k, v in seconds.items()},
-    }, indent=2) + "\n")
+    encoded = demo.submit(chosen)
+    chosen_report = score(chosen.predictions, demo.folds, postprocess=chosen.postprocess)
+    demo.seconds["total"] = time.perf_counter() - started
+    result = DemoResult(out, settings, lines, chosen, chosen_report, out / "submission.csv",
+                        encoded, fold_val_dice, demo.seconds)
+    write_marker(out, result.record())
     return result
+
+
+def write_marker(out: Path, record: dict[str, Any]) -> None:
+    """demo.json: what the demo is and how far it got (``--overwrite`` trusts only folders
+    that hold one)."""
+    atomic_write_text(out / MARKER, json.dumps({"command": "demo", **record}, indent=2) + "\n")
 
 
 def parse_settings(size: str = "580x420", train_size: str = "128x96", **kwargs: int | str

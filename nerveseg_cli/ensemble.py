@@ -1,16 +1,9 @@
 """``nerveseg ensemble``: merge probability folders image by image.
 
-Methods, for N member maps p_1..p_N of one image:
-
-* ``mean``: (1/N) sum_i p_i.
-* ``weighted``: sum_i w_i p_i with the given weights normalised to sum 1.
-* ``vote``: 1 where a strict majority of members is foreground (p_i > threshold), else 0; an
-  even split is background. The output is a 0/255 map.
-* ``asme``: sum_i c_i p_i with seed 000's per-image weights (``nerveseg_cli.asme``), written to
-  ``weights.csv``.
-
-``presence.csv`` files are merged the same way (mean, weighted mean, majority vote at the
-threshold, or the image's ASME weights) over the members that have one.
+The methods (mean, weighted, vote, asme) are :mod:`nerveseg_cli.merging`'s; a vote writes a
+0/255 map, ASME also writes each image's weights to ``weights.csv``. ``presence.csv`` files are
+merged the same way (mean, weighted mean, majority vote at the threshold, or the image's ASME
+weights) over the members that have one.
 
 Every member must hold the same ids at the same sizes; with ``allow_missing`` an id present in
 only some members is merged from those (weights renormalised). Sizes must always agree.
@@ -27,16 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from nerveseg_cli.asme import DEFAULT_BASE, asme_merge, binarise, weighted_probability
-from nerveseg_cli.errors import NervesegError
-from nerveseg_cli.io import (
-    atomic_write_text,
-    prepare_output_dir,
-    sort_ids,
-    thread_map,
-    threshold_level,
-    warn,
-)
+from nerveseg_cli.asme import DEFAULT_BASE
+from nerveseg_cli.errors import NervesegError, warn
+from nerveseg_cli.io.datasets import sort_ids
+from nerveseg_cli.io.outputs import atomic_write_text, prepare_output_dir
+from nerveseg_cli.io.parallel import thread_map
+from nerveseg_cli.merging import METHODS, merge_presence, merge_stack, normalise_weights
+from nerveseg_cli.postprocess import threshold_level
 from nerveseg_cli.probmaps import (
     PRESENCE_CSV,
     ProbabilityFolder,
@@ -47,68 +37,7 @@ from nerveseg_cli.probmaps import (
     write_probability,
 )
 
-METHODS = ("mean", "weighted", "vote", "asme")
 WEIGHTS_CSV = "weights.csv"
-
-
-# --------------------------------------------------------------------------------------------
-# merging one image's stack
-
-
-def merge_mean(stack: np.ndarray) -> np.ndarray:
-    """Mean probability of an (N, H, W) stack (uint8 values or float probabilities)."""
-    n = stack.shape[0]
-    return weighted_probability(stack, np.full(n, 1.0 / n))
-
-
-def merge_weighted(stack: np.ndarray, weights: Sequence[float]) -> np.ndarray:
-    """Weighted mean probability; ``weights`` (N,) are normalised to sum 1."""
-    return weighted_probability(stack, normalise_weights(weights))
-
-
-def merge_vote(stack: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    """1.0 where more than half the members exceed ``threshold``, else 0.0 (float32)."""
-    votes = np.count_nonzero(binarise(stack, threshold), axis=0)
-    return (2 * votes > stack.shape[0]).astype(np.float32)
-
-
-def normalise_weights(weights: Sequence[float]) -> np.ndarray:
-    array = np.asarray(weights, dtype=np.float64)
-    if array.ndim != 1 or array.size == 0:
-        raise NervesegError("weights must be a non-empty list of numbers")
-    if not np.all(np.isfinite(array)) or np.any(array < 0) or array.sum() <= 0:
-        raise NervesegError(f"weights {','.join(f'{w:g}' for w in array)} must be "
-                            "non-negative with a positive sum")
-    return array / array.sum()
-
-
-def merge_stack(stack: np.ndarray, method: str, *, weights: Sequence[float] | None = None,
-                threshold: float = 0.5, base: float = DEFAULT_BASE
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """Merge one image's (N, H, W) stack; returns (probability map, weights used)."""
-    n = stack.shape[0]
-    if method == "mean":
-        return merge_mean(stack), np.full(n, 1.0 / n)
-    if method == "weighted":
-        if weights is None:
-            raise NervesegError("--method weighted needs --weights")
-        used = normalise_weights(weights)
-        return weighted_probability(stack, used), used
-    if method == "vote":
-        return merge_vote(stack, threshold), np.full(n, 1.0 / n)
-    if method == "asme":
-        return asme_merge(stack, threshold, base)
-    raise NervesegError(f"method {method!r} is not one of {', '.join(METHODS)}")
-
-
-def merge_presence(values: np.ndarray, method: str, weights: np.ndarray,
-                   threshold: float) -> float:
-    """Merge members' presence probabilities with the same rule as the maps."""
-    if method == "vote":
-        return float(2 * np.count_nonzero(values > threshold) > values.size)
-    if method == "mean":
-        return float(values.mean())
-    return float(np.dot(weights / weights.sum(), values))
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,6 +1,11 @@
-"""The one error type every library function raises for bad input."""
+"""The one error type every library function raises for bad input, the warning type, and the
+"did you mean" hint both use."""
 
 from __future__ import annotations
+
+import difflib
+import warnings
+from collections.abc import Sequence
 
 
 class NervesegError(Exception):
@@ -9,3 +14,17 @@ class NervesegError(Exception):
     The CLI turns it into ``error: <message>`` on stderr and exit code 2; anything else is a bug
     and keeps its traceback.
     """
+
+
+class NervesegWarning(UserWarning):
+    """Something the user should know about, that does not stop the command."""
+
+
+def warn(message: str) -> None:
+    warnings.warn(message, NervesegWarning, stacklevel=2)
+
+
+def suggest(name: str, choices: Sequence[str]) -> str:
+    """``"; did you mean a, b?"`` for the choices close to ``name``, else ``""``."""
+    close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)
+    return f"; did you mean {', '.join(close)}?" if close else ""

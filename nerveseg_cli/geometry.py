@@ -1,6 +1,7 @@
 """Input geometry: how an image becomes a network input, and how the output maps back exactly.
 
-Shared by ``train`` (which chooses it and stores it in config.json) and ``predict``.
+Shared by ``train`` (which chooses it and stores it in config.json) and ``predict``, with the
+normalisation that follows it.
 """
 
 from __future__ import annotations
@@ -61,3 +62,13 @@ class Geometry:
             return torch.nn.functional.interpolate(probs, size=(height, width), mode="bilinear",
                                                    align_corners=False)
         return probs[..., :height, :width]
+
+
+def normalise_input(images: torch.Tensor, mean: float, std: float, in_channels: int,
+                    channels_last: bool = False) -> torch.Tensor:
+    """A network input from (N, 1, H, W) images on the [0, 1] scale: standardised with the
+    run's mean and std, the gray channel repeated for ``in_channels`` > 1."""
+    x = (images - mean) / std
+    if in_channels > 1:
+        x = x.expand(-1, in_channels, -1, -1)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x

@@ -4,32 +4,35 @@ Per batch: images are decoded in background threads, brought to each run's geome
 CPU, predicted on the device under every TTA variant (each flip inverted exactly), mapped back
 to the original size, merged across variants and runs (mean or ASME), and written as 8-bit PNGs
 by background threads, so the device does not wait on disk.
+
+The settings are a :class:`PredictOptions` (as given; None means "the first run's recipe,
+else the default", resolved once by :func:`resolve_inference`); a :class:`Predictor` holds the
+loaded runs and predicts batches; :func:`predict` plans the images and writes the folder.
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from nerveseg_cli.asme import DEFAULT_BASE, asme_merge
-from nerveseg_cli.errors import NervesegError
-from nerveseg_cli.io import (
-    Sample,
-    discover_with_columns,
-    prepare_output_dir,
-    read_image,
-    warn,
-    write_mask,
-)
+from nerveseg_cli.asme import DEFAULT_BASE
+from nerveseg_cli.device import autocast_for, resolve_amp, resolve_device
+from nerveseg_cli.errors import NervesegError, warn
+from nerveseg_cli.geometry import normalise_input
+from nerveseg_cli.io.datasets import Sample, discover_with_columns
+from nerveseg_cli.io.images import read_image
+from nerveseg_cli.io.outputs import prepare_output_dir, write_mask
+from nerveseg_cli.io.parallel import prefetch
+from nerveseg_cli.merging import merge_stack
 from nerveseg_cli.models import SegmentationNet
+from nerveseg_cli.postprocess import PostProcess, resolve_postprocess
 from nerveseg_cli.probmaps import (
     PRESENCE_CSV,
     probability_to_values,
@@ -38,9 +41,7 @@ from nerveseg_cli.probmaps import (
     write_presence,
     write_probability,
 )
-from nerveseg_cli.rle import PostProcess, resolve_postprocess
 from nerveseg_cli.runs import RunConfig, load_run, read_config
-from nerveseg_cli.train.engine import resolve_amp, resolve_device
 
 # What predict does when neither the command line nor the first run's recipe (config.json
 # "inference", written by `train --recipe`) says otherwise.
@@ -48,6 +49,7 @@ PREDICT_DEFAULTS: dict[str, Any] = {
     "tta": "none", "tta_merge": "mean", "merge": "mean", "asme_base": DEFAULT_BASE,
     "threshold": 0.5, "min_area": 0, "presence_threshold": None, "crf": None,
 }
+MERGES = ("mean", "asme")
 
 # (flip height, flip width) per TTA variant; each flip is its own inverse.
 TTA_VARIANTS = {
@@ -75,14 +77,105 @@ def parse_part(text: str | None) -> tuple[int, int]:
     return k, n
 
 
-def merge_stack(stack: np.ndarray, how: str, threshold: float,
-                base: float) -> tuple[np.ndarray, np.ndarray]:
-    """Merge (V, H, W) float probabilities of one image: mean or ASME; returns (map, weights)."""
-    if stack.shape[0] == 1:
-        return stack[0], np.ones(1, np.float32)
-    if how == "asme":
-        return asme_merge(stack, threshold, base)
-    return stack.mean(axis=0), np.full(stack.shape[0], 1 / stack.shape[0], np.float32)
+@dataclass(frozen=True)
+class PredictOptions:
+    """The options of ``nerveseg predict``, as given (the CLI's flags with ``_``).
+
+    The first group left at None takes the first run's recipe value (config.json
+    ``inference``), then :data:`PREDICT_DEFAULTS`; ``crf=True`` refines each map with the dense
+    CRF (the recipe's parameters, or the CRF's defaults). ``postprocess`` gives threshold and
+    min-area not given here. ``out_of_fold``: the image set is a split manifest and each image
+    is predicted only by the run that validated on its fold (:func:`out_of_fold_groups`).
+    """
+
+    tta: str | None = None
+    tta_merge: str | None = None
+    merge: str | None = None
+    asme_base: float | None = None
+    threshold: float | None = None
+    min_area: int | None = None
+    presence_threshold: float | None = None
+    crf: bool | None = None
+    postprocess: str | Path | None = None
+    presence_from: str | Path | None = None
+    masks: str | Path | None = None
+    part: str | None = None
+    out_of_fold: bool = False
+    batch_size: int = 8
+    device: str = "auto"
+    amp: str = "auto"
+    channels_last: bool = False
+    workers: int = 4
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """The prediction options after resolution (explicit > first run's recipe > defaults)."""
+
+    tta: str
+    tta_merge: str
+    merge: str
+    asme_base: float
+    presence_threshold: float | None
+    crf: dict[str, Any] | None  # CrfParams fields, or None for no CRF
+    post: PostProcess
+    from_recipe: list[str]  # which options came from the run's recipe
+
+    def validate(self) -> InferenceOptions:
+        if self.tta not in TTA_VARIANTS:
+            raise NervesegError(f"--tta {self.tta!r}: use {', '.join(TTA_VARIANTS)}")
+        for name, value in (("--tta-merge", self.tta_merge), ("--merge", self.merge)):
+            if value not in MERGES:
+                raise NervesegError(f"{name} {value!r}: use mean or asme")
+        return self
+
+    def crf_params(self) -> Any:
+        """The validated CrfParams, or None without the CRF."""
+        if self.crf is None:
+            return None
+        from nerveseg_cli.crf import CrfParams
+
+        return CrfParams(**self.crf).validate()
+
+
+def resolve_inference(given: dict[str, Any], recipe: dict[str, Any],
+                      postprocess: str | Path | None = None) -> InferenceOptions:
+    """Resolve each option: the given value unless None, else the recipe's (config.json
+    ``inference`` of the first run), else :data:`PREDICT_DEFAULTS`. ``crf`` may be given as a
+    bool: True uses the recipe's CRF parameters (or the CRF's defaults), False turns it off.
+    With ``postprocess``, threshold and min-area not given come from that file instead."""
+    from_recipe = []
+
+    def pick(key: str) -> Any:
+        if given.get(key) is not None:
+            return given[key]
+        if recipe.get(key) is not None:
+            from_recipe.append(key)
+            return recipe[key]
+        return PREDICT_DEFAULTS[key]
+
+    if postprocess is not None:
+        post = resolve_postprocess(given.get("threshold"), given.get("min_area"), postprocess)
+    else:
+        post = resolve_postprocess(pick("threshold"), pick("min_area"), None)
+    crf = given.get("crf")
+    if crf is None:
+        params = recipe.get("crf")
+        if params:
+            from_recipe.append("crf")
+    elif crf:
+        params = recipe.get("crf") or _default_crf()
+    else:
+        params = None
+    return InferenceOptions(pick("tta"), pick("tta_merge"), pick("merge"),
+                            float(pick("asme_base")), pick("presence_threshold"),
+                            dict(params) if params else None, post, from_recipe).validate()
+
+
+def _default_crf() -> dict[str, Any]:
+    from nerveseg_cli.crf import CrfParams
+
+    return asdict(CrfParams())
 
 
 @dataclass
@@ -123,86 +216,6 @@ def load_runs(runs: Sequence[str | Path], device: torch.device,
     return loaded
 
 
-@torch.no_grad()
-def predict_images(run: LoadedRun, images: Sequence[np.ndarray], tta: str,
-                   device: torch.device, amp: torch.dtype | None,
-                   channels_last: bool) -> tuple[list[np.ndarray], np.ndarray | None]:
-    """One run on a batch of equal-geometry images: per image a (V, H, W) float32 stack at the
-    original size (V = TTA variants), and presence probabilities (N, V) or None."""
-    config = run.config
-    geometry = config.geometry
-    batch = np.stack([geometry.forward(image) for image in images])
-    x = torch.from_numpy(batch).to(device, non_blocking=True).unsqueeze(1).float() / 255
-    x = (x - config.mean) / config.std
-    if config.model.in_channels > 1:
-        x = x.expand(-1, config.model.in_channels, -1, -1)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    variants = TTA_VARIANTS[tta]
-    probs, presences = [], []
-    for variant in variants:
-        with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():
-            logits, presence = run.model(flip(x, variant))
-        probs.append(flip(torch.sigmoid(logits.float()), variant))
-        if presence is not None:
-            presences.append(torch.sigmoid(presence.float()))
-    stacked = torch.cat(probs, dim=1)  # (N, V, H', W')
-    stacks = []
-    for i, image in enumerate(images):
-        back = geometry.backward(stacked[i:i + 1], *image.shape)[0]
-        stacks.append(back.cpu().numpy())
-    presence_array = torch.stack(presences, 1).cpu().numpy() if presences else None
-    return stacks, presence_array
-
-
-@dataclass(frozen=True)
-class InferenceOptions:
-    """The prediction options after resolution (explicit > first run's recipe > defaults)."""
-
-    tta: str
-    tta_merge: str
-    merge: str
-    asme_base: float
-    presence_threshold: float | None
-    crf: dict[str, Any] | None  # CrfParams fields, or None for no CRF
-    post: PostProcess
-    from_recipe: list[str]  # which options came from the run's recipe
-
-
-def resolve_inference(given: dict[str, Any], recipe: dict[str, Any],
-                      postprocess: str | Path | None = None) -> InferenceOptions:
-    """Resolve each option: the given value unless None, else the recipe's (config.json
-    ``inference`` of the first run), else :data:`PREDICT_DEFAULTS`. ``crf`` may be given as a
-    bool: True uses the recipe's CRF parameters (or the CRF's defaults), False turns it off.
-    With ``postprocess``, threshold and min-area not given come from that file instead."""
-    from_recipe = []
-
-    def pick(key: str) -> Any:
-        if given.get(key) is not None:
-            return given[key]
-        if recipe.get(key) is not None:
-            from_recipe.append(key)
-            return recipe[key]
-        return PREDICT_DEFAULTS[key]
-
-    if postprocess is not None:
-        post = resolve_postprocess(given.get("threshold"), given.get("min_area"), postprocess)
-    else:
-        post = resolve_postprocess(pick("threshold"), pick("min_area"), None)
-    crf = given.get("crf")
-    if crf is None:
-        params = recipe.get("crf")
-        if params:
-            from_recipe.append("crf")
-    elif crf:
-        params = recipe.get("crf") or _default_crf()
-    else:
-        params = None
-    return InferenceOptions(pick("tta"), pick("tta_merge"), pick("merge"),
-                            float(pick("asme_base")), pick("presence_threshold"),
-                            dict(params) if params else None, post, from_recipe)
-
-
 def out_of_fold_groups(runs: Sequence[LoadedRun], images: str | Path,
                        samples: Sequence[Sample], folds: Sequence[str]
                        ) -> tuple[list[tuple[list[int], list[Sample]]], dict[str, str]]:
@@ -213,23 +226,7 @@ def out_of_fold_groups(runs: Sequence[LoadedRun], images: str | Path,
     it. Rows left out of every fold (``-1``, ``split --balance``) were seen by no run and are
     predicted by all of them. Returns (run indices, samples) groups in manifest order of their
     first image, and the fold -> run mapping for prediction.json."""
-    by_fold: dict[int, int] = {}
-    for index, run in enumerate(runs):
-        fold = str(run.config.training.get("fold", ""))
-        try:
-            k = int(fold)
-        except ValueError:
-            raise NervesegError(f"{run.path}: trained with --fold {fold or '?'}, so it has no "
-                                "held-out fold; --out-of-fold needs runs trained with --fold K"
-                                ) from None
-        if k in by_fold:
-            raise NervesegError(f"{run.path} and {runs[by_fold[k]].path} both validated on "
-                                f"fold {k}; --out-of-fold needs one run per fold")
-        by_fold[k] = index
-        trained_on = run.config.training.get("manifest")
-        if trained_on and Path(trained_on).resolve() != Path(images).resolve():
-            warn(f"{run.path} was trained on {trained_on}, not {images}: its predictions are "
-                 "out-of-fold only if both files hold the same folds")
+    by_fold = _runs_by_fold(runs, images)
     try:
         sample_folds = [int(f) if f != "" else -1 for f in folds]
     except ValueError:
@@ -247,163 +244,237 @@ def out_of_fold_groups(runs: Sequence[LoadedRun], images: str | Path,
     return [(list(key), members) for key, members in groups.items()], mapping
 
 
-def _default_crf() -> dict[str, Any]:
-    from dataclasses import asdict
+def _runs_by_fold(runs: Sequence[LoadedRun], images: str | Path) -> dict[int, int]:
+    """Fold K -> index of the run that validated on it (one run per fold)."""
+    by_fold: dict[int, int] = {}
+    for index, run in enumerate(runs):
+        fold = str(run.config.training.get("fold", ""))
+        try:
+            k = int(fold)
+        except ValueError:
+            raise NervesegError(f"{run.path}: trained with --fold {fold or '?'}, so it has no "
+                                "held-out fold; --out-of-fold needs runs trained with --fold K"
+                                ) from None
+        if k in by_fold:
+            raise NervesegError(f"{run.path} and {runs[by_fold[k]].path} both validated on "
+                                f"fold {k}; --out-of-fold needs one run per fold")
+        by_fold[k] = index
+        trained_on = run.config.training.get("manifest")
+        if trained_on and Path(trained_on).resolve() != Path(images).resolve():
+            warn(f"{run.path} was trained on {trained_on}, not {images}: its predictions are "
+                 "out-of-fold only if both files hold the same folds")
+    return by_fold
 
-    from nerveseg_cli.crf import CrfParams
 
-    return asdict(CrfParams())
+# --------------------------------------------------------------------------------------------
+# the predictor
 
 
-def predict(runs: Sequence[str | Path], images: str | Path, out: str | Path, *,
-            tta: str | None = None, tta_merge: str | None = None, merge: str | None = None,
-            asme_base: float | None = None, threshold: float | None = None,
-            min_area: int | None = None, postprocess: str | Path | None = None,
-            presence_threshold: float | None = None, presence_from: str | Path | None = None,
-            crf: bool | None = None, masks: str | Path | None = None, batch_size: int = 8,
-            device: str = "auto", amp: str = "auto", channels_last: bool = False,
-            workers: int = 4, resume: bool = False, part: str | None = None,
-            out_of_fold: bool = False, overwrite: bool = False,
+class Predictor:
+    """Loaded runs and resolved settings: turns batches of decoded images into one merged
+    probability map (and presence) per image."""
+
+    def __init__(self, runs: Sequence[str | Path], options: PredictOptions) -> None:
+        if not runs:
+            raise NervesegError("predict needs at least one run folder")
+        self.options = options
+        self.settings = resolve_inference(
+            {"tta": options.tta, "tta_merge": options.tta_merge, "merge": options.merge,
+             "asme_base": options.asme_base, "threshold": options.threshold,
+             "min_area": options.min_area, "presence_threshold": options.presence_threshold,
+             "crf": options.crf}, read_config(runs[0]).inference, options.postprocess)
+        self.crf_params = self.settings.crf_params()
+        if options.batch_size < 1:
+            raise NervesegError("--batch-size must be at least 1")
+        self.external_presence = read_presence(options.presence_from) \
+            if options.presence_from else None
+        self.device = resolve_device(options.device)
+        self.autocast = autocast_for(self.device, resolve_amp(options.amp, self.device))
+        self.runs = load_runs(runs, self.device, options.channels_last)
+
+    @torch.no_grad()
+    def run_batch(self, run: LoadedRun, images: Sequence[np.ndarray]
+                  ) -> tuple[list[np.ndarray], np.ndarray | None]:
+        """One run on a batch of images: per image a (V, H, W) float32 stack at the original
+        size (V = TTA variants), and presence probabilities (N, V) or None."""
+        config = run.config
+        geometry = config.geometry
+        batch = np.stack([geometry.forward(image) for image in images])
+        x = torch.from_numpy(batch).to(self.device, non_blocking=True).unsqueeze(1).float()
+        x = normalise_input(x / 255, config.mean, config.std, config.model.in_channels,
+                            self.options.channels_last)
+        probs, presences = [], []
+        for variant in TTA_VARIANTS[self.settings.tta]:
+            with self.autocast():
+                logits, presence = run.model(flip(x, variant))
+            probs.append(flip(torch.sigmoid(logits.float()), variant))
+            if presence is not None:
+                presences.append(torch.sigmoid(presence.float()))
+        stacked = torch.cat(probs, dim=1)  # (N, V, H', W')
+        stacks = [geometry.backward(stacked[i:i + 1], *image.shape)[0].cpu().numpy()
+                  for i, image in enumerate(images)]
+        presence_array = torch.stack(presences, 1).cpu().numpy() if presences else None
+        return stacks, presence_array
+
+    def predict_batch(self, members: Sequence[int], samples: Sequence[Sample],
+                      images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, float | None]]:
+        """The merged probability map and presence (None without one) of each image, by the
+        runs ``members``: TTA variants merged per run, then the runs merged, then gated."""
+        settings = self.settings
+        per_run = [self.run_batch(self.runs[m], images) for m in members]
+        results = []
+        for i, sample in enumerate(samples):
+            merged = [self._merge(stacks[i], settings.tta_merge) for stacks, _ in per_run]
+            prob = self._merge(np.stack(merged), settings.merge)
+            presence = self._presence(sample.id, [p[i] for _, p in per_run if p is not None])
+            if settings.presence_threshold is not None and presence is not None and \
+                    presence < settings.presence_threshold:
+                prob = np.zeros_like(prob)
+            results.append((prob, presence))
+        return results
+
+    def _merge(self, stack: np.ndarray, how: str) -> np.ndarray:
+        return merge_stack(stack, how, threshold=self.settings.post.threshold,
+                           base=self.settings.asme_base)[0]
+
+    def _presence(self, sample_id: str, per_run: list[np.ndarray]) -> float | None:
+        """The image's presence: from --presence-from, else the mean over runs of each run's
+        mean over TTA variants."""
+        if self.external_presence is not None:
+            return self.external_presence[sample_id]
+        return float(np.mean([float(p.mean()) for p in per_run])) if per_run else None
+
+
+# --------------------------------------------------------------------------------------------
+# the command
+
+
+def predict(runs: Sequence[str | Path], images: str | Path, out: str | Path,
+            options: PredictOptions = PredictOptions(), *, resume: bool = False,
+            overwrite: bool = False,
             progress: Callable[[int], None] | None = None) -> PredictResult:
-    """Predict every image of a set with one or more runs and write a probability folder.
+    """Predict every image of a set with one or more runs and write a probability folder
+    (``ID.png`` per image, ``presence.csv`` with a presence head, ``prediction.json``).
 
-    Options left at None take the first run's recipe values (config.json ``inference``), then
-    :data:`PREDICT_DEFAULTS`; ``crf=True`` refines each map with the dense CRF (the recipe's
-    parameters, or the CRF's defaults) before it is written. ``out_of_fold``: ``images`` is a
-    split manifest and each image is predicted only by the run that validated on its fold
-    (:func:`out_of_fold_groups`)."""
-    if not runs:
-        raise NervesegError("predict needs at least one run folder")
-    options = resolve_inference(
-        {"tta": tta, "tta_merge": tta_merge, "merge": merge, "asme_base": asme_base,
-         "threshold": threshold, "min_area": min_area, "presence_threshold": presence_threshold,
-         "crf": crf}, read_config(runs[0]).inference, postprocess)
-    tta, tta_merge, merge = options.tta, options.tta_merge, options.merge
-    asme_base, presence_threshold, post = (options.asme_base, options.presence_threshold,
-                                           options.post)
-    crf_params = None
-    if options.crf is not None:
-        from nerveseg_cli.crf import CrfParams
-
-        crf_params = CrfParams(**options.crf).validate()
-    if tta not in TTA_VARIANTS:
-        raise NervesegError(f"--tta {tta!r}: use {', '.join(TTA_VARIANTS)}")
-    for name, value in (("--tta-merge", tta_merge), ("--merge", merge)):
-        if value not in ("mean", "asme"):
-            raise NervesegError(f"{name} {value!r}: use mean or asme")
-    if batch_size < 1:
-        raise NervesegError("--batch-size must be at least 1")
-    external_presence = read_presence(presence_from) if presence_from else None
-    k, n = parse_part(part)
-    torch_device = resolve_device(device)
-    amp_dtype = resolve_amp(amp, torch_device)
-    loaded = load_runs(runs, torch_device, channels_last)
-    samples, columns = discover_with_columns(images)
-    fold_runs: dict[str, str] | None = None
-    if out_of_fold:
-        if "fold" not in columns:
-            raise NervesegError(f"{images}: --out-of-fold needs a split manifest (a fold "
-                                "column, from `nerveseg split`)")
-        groups, fold_runs = out_of_fold_groups(loaded, images, samples, columns["fold"])
-    else:
-        groups = [(list(range(len(loaded))), list(samples))]
-    # a deterministic share for --part K/N
-    share = {s.id for s in samples[k - 1::n]}
-    groups = [(members, [s for s in group if s.id in share]) for members, group in groups]
+    ``resume`` skips ids already written in ``out`` (writes are atomic, so a file there is
+    complete)."""
+    k, n = parse_part(options.part)
+    predictor = Predictor(runs, options)
+    groups, fold_runs = _plan(predictor, images, k, n)
     samples = [s for _, group in groups for s in group]
     out = prepare_output_dir(out, overwrite, resume)
-    masks_dir = prepare_output_dir(masks, overwrite, resume) if masks else None
+    masks_dir = prepare_output_dir(options.masks, overwrite, resume) if options.masks else None
     done = {p.stem for p in out.glob("*.png")} if resume else set()
-    todo = [s for s in samples if s.id not in done]
     groups = [(members, [s for s in group if s.id not in done]) for members, group in groups]
-    if external_presence is not None:
-        absent = [s.id for s in todo if s.id not in external_presence]
-        if absent:
-            raise NervesegError(f"{presence_from}: no presence for {len(absent)} images "
-                                f"(first: {', '.join(absent[:5])})")
+    todo = [s for _, group in groups for s in group]
+    _check_external_presence(predictor, todo)
     presence: dict[str, float] = {}
     if resume and (out / PRESENCE_CSV).is_file():
         presence.update(read_presence(out / PRESENCE_CSV))
-    write_prediction_json(out, "predict", {"runs": [str(r) for r in runs], "images": images},
-                          {"tta": tta, "tta_merge": tta_merge, "merge": merge,
-                           "asme_base": asme_base, "threshold": post.threshold,
-                           "min_area": post.min_area, "presence_threshold": presence_threshold,
-                           "presence_from": str(presence_from) if presence_from else None,
-                           "crf": options.crf, "part": f"{k}/{n}",
-                           "out_of_fold": fold_runs,
-                           "from_recipe": {"run": str(runs[0]), "options": options.from_recipe}
-                           if options.from_recipe else None})
+    _write_provenance(predictor, runs, images, out, (k, n), fold_runs)
     started = time.perf_counter()
-    written = 0
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        pending: list[Future] = []
+    writer = _MapWriter(out, masks_dir, predictor)
+    with ThreadPoolExecutor(max_workers=max(1, options.workers)) as pool:
+        writer.pool = pool
         for members, group in groups:
-            for batch, decoded in _decoded_batches(group, batch_size, pool):
-                per_run = [predict_images(loaded[m], decoded, tta, torch_device, amp_dtype,
-                                          channels_last) for m in members]
-                for i, sample in enumerate(batch):
-                    merged_runs, run_presence = [], []
-                    for stacks, presences in per_run:
-                        prob, _ = merge_stack(stacks[i], tta_merge, post.threshold, asme_base)
-                        merged_runs.append(prob)
-                        if presences is not None:
-                            run_presence.append(float(presences[i].mean()))
-                    prob, _ = merge_stack(np.stack(merged_runs), merge, post.threshold,
-                                          asme_base)
-                    image_presence = external_presence[sample.id] \
-                        if external_presence is not None \
-                        else (float(np.mean(run_presence)) if run_presence else None)
-                    if image_presence is not None:
-                        presence[sample.id] = image_presence
-                    if presence_threshold is not None and image_presence is not None and \
-                            image_presence < presence_threshold:
-                        prob = np.zeros_like(prob)
-                    pending.append(pool.submit(_write_outputs, out, masks_dir, sample.id, prob,
-                                               post, decoded[i] if crf_params else None,
-                                               crf_params))
-                written += len(batch)
-                pending = _drain(pending, keep=4 * max(1, workers))
+            batches = [group[i:i + options.batch_size]
+                       for i in range(0, len(group), options.batch_size)]
+            for batch, decoded in prefetch(batches, lambda b: _decode(b, pool)):
+                for sample, image, (prob, value) in zip(
+                        batch, decoded, predictor.predict_batch(members, batch, decoded),
+                        strict=True):
+                    if value is not None:
+                        presence[sample.id] = value
+                    writer.submit(sample.id, prob, image)
                 if progress:
                     progress(len(batch))
-        _drain(pending, keep=0)
+        writer.finish()
     if presence:
         write_presence(out / PRESENCE_CSV, presence)
-    return PredictResult(written, len(samples) - len(todo), time.perf_counter() - started,
+    return PredictResult(len(todo), len(samples) - len(todo), time.perf_counter() - started,
                          presence)
 
 
-def _write_outputs(out: Path, masks_dir: Path | None, sample_id: str, prob: np.ndarray,
-                   post: PostProcess, image: np.ndarray | None = None,
-                   crf_params: Any = None) -> None:
-    """Refine with the CRF when asked, quantise, write (in a writer thread)."""
-    if crf_params is not None and image is not None:
-        from nerveseg_cli.crf import crf_refine
-
-        prob = crf_refine(np.clip(prob, 0.0, 1.0), image, crf_params)
-    values = probability_to_values(np.clip(prob, 0.0, 1.0))
-    # The mask first: a PNG in OUT marks the image done for --resume.
-    if masks_dir is not None:
-        write_mask(masks_dir / f"{sample_id}.png", post.apply(values))
-    write_probability(out / f"{sample_id}.png", values)
-
-
-def _drain(pending: list[Future], keep: int) -> list[Future]:
-    """Wait for the oldest writes until at most ``keep`` are in flight (bounds memory)."""
-    while len(pending) > keep:
-        pending.pop(0).result()
-    return pending
+def _plan(predictor: Predictor, images: str | Path, k: int, n: int
+          ) -> tuple[list[tuple[list[int], list[Sample]]], dict[str, str] | None]:
+    """(run indices, samples) groups to predict, in set order: every run on every image, or
+    one run per fold with --out-of-fold; then the K-th of N deterministic shares."""
+    samples, columns = discover_with_columns(images)
+    fold_runs: dict[str, str] | None = None
+    if predictor.options.out_of_fold:
+        if "fold" not in columns:
+            raise NervesegError(f"{images}: --out-of-fold needs a split manifest (a fold "
+                                "column, from `nerveseg split`)")
+        groups, fold_runs = out_of_fold_groups(predictor.runs, images, samples,
+                                               columns["fold"])
+    else:
+        groups = [(list(range(len(predictor.runs))), list(samples))]
+    share = {s.id for s in samples[k - 1::n]}
+    return [(members, [s for s in group if s.id in share]) for members, group in groups], \
+        fold_runs
 
 
-def _decoded_batches(samples: Sequence, batch_size: int,
-                     pool: ThreadPoolExecutor) -> Iterator[tuple[list, list[np.ndarray]]]:
-    """Batches of samples with their decoded images; the next batch decodes in the pool."""
-    batches = [list(samples[i:i + batch_size]) for i in range(0, len(samples), batch_size)]
+def _check_external_presence(predictor: Predictor, todo: Sequence[Sample]) -> None:
+    external = predictor.external_presence
+    if external is None:
+        return
+    absent = [s.id for s in todo if s.id not in external]
+    if absent:
+        raise NervesegError(f"{predictor.options.presence_from}: no presence for {len(absent)} "
+                            f"images (first: {', '.join(absent[:5])})")
 
-    def submit(batch: list) -> list[Future]:
-        return [pool.submit(read_image, s.image) for s in batch]
 
-    future = submit(batches[0]) if batches else []
-    for index, batch in enumerate(batches):
-        current = [f.result() for f in future]
-        future = submit(batches[index + 1]) if index + 1 < len(batches) else []
-        yield batch, current
+def _write_provenance(predictor: Predictor, runs: Sequence[str | Path], images: str | Path,
+                      out: Path, part: tuple[int, int],
+                      fold_runs: dict[str, str] | None) -> None:
+    settings, options = predictor.settings, predictor.options
+    recipe = {"run": str(runs[0]), "options": settings.from_recipe} \
+        if settings.from_recipe else None
+    write_prediction_json(out, "predict", {"runs": [str(r) for r in runs], "images": images}, {
+        "tta": settings.tta, "tta_merge": settings.tta_merge, "merge": settings.merge,
+        "asme_base": settings.asme_base, "threshold": settings.post.threshold,
+        "min_area": settings.post.min_area, "presence_threshold": settings.presence_threshold,
+        "presence_from": str(options.presence_from) if options.presence_from else None,
+        "crf": settings.crf, "part": f"{part[0]}/{part[1]}", "out_of_fold": fold_runs,
+        "from_recipe": recipe})
+
+
+def _decode(batch: Sequence[Sample], pool: ThreadPoolExecutor) -> tuple[list, list]:
+    """A batch and its decoded images, decoded in parallel in ``pool``."""
+    return list(batch), list(pool.map(read_image, [s.image for s in batch]))
+
+
+class _MapWriter:
+    """Refines (CRF), quantises and writes maps in the pool's threads, with at most a few
+    writes in flight per thread (bounds memory)."""
+
+    def __init__(self, out: Path, masks_dir: Path | None, predictor: Predictor) -> None:
+        self.out, self.masks_dir = out, masks_dir
+        self.post, self.crf_params = predictor.settings.post, predictor.crf_params
+        self.keep = 4 * max(1, predictor.options.workers)
+        self.pool: ThreadPoolExecutor | None = None
+        self.pending: list[Future] = []
+
+    def submit(self, sample_id: str, prob: np.ndarray, image: np.ndarray) -> None:
+        assert self.pool is not None
+        self.pending.append(self.pool.submit(self._write, sample_id, prob,
+                                             image if self.crf_params else None))
+        self._drain(self.keep)
+
+    def finish(self) -> None:
+        self._drain(0)
+
+    def _drain(self, keep: int) -> None:
+        while len(self.pending) > keep:
+            self.pending.pop(0).result()
+
+    def _write(self, sample_id: str, prob: np.ndarray, image: np.ndarray | None) -> None:
+        if self.crf_params is not None and image is not None:
+            from nerveseg_cli.crf import crf_refine
+
+            prob = crf_refine(np.clip(prob, 0.0, 1.0), image, self.crf_params)
+        values = probability_to_values(np.clip(prob, 0.0, 1.0))
+        # The mask first: a PNG in OUT marks the image done for --resume.
+        if self.masks_dir is not None:
+            write_mask(self.masks_dir / f"{sample_id}.png", self.post.apply(values))
+        write_probability(self.out / f"{sample_id}.png", values)

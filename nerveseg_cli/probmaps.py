@@ -34,15 +34,9 @@ import cv2
 import numpy as np
 
 from nerveseg_cli import __version__
-from nerveseg_cli.errors import NervesegError
-from nerveseg_cli.io import (
-    atomic_write_text,
-    read_csv_rows,
-    sort_ids,
-    validate_id,
-    warn,
-    write_image,
-)
+from nerveseg_cli.errors import NervesegError, warn
+from nerveseg_cli.io.datasets import read_csv_rows, sort_ids, validate_id
+from nerveseg_cli.io.outputs import atomic_write_text, write_image
 
 PREDICTION_JSON = "prediction.json"
 PRESENCE_CSV = "presence.csv"

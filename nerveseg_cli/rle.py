@@ -7,7 +7,6 @@ The 3x2 mask ``[[1,0],[1,0],[0,1]]`` numbers its pixels top to bottom, then left
 from __future__ import annotations
 
 import io
-import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -15,20 +14,17 @@ from pathlib import Path
 
 import numpy as np
 
-from nerveseg_cli.errors import NervesegError
-from nerveseg_cli.io import (
-    MaskSetChecker,
+from nerveseg_cli.errors import NervesegError, warn
+from nerveseg_cli.io.datasets import read_csv_rows, sort_ids, validate_id
+from nerveseg_cli.io.images import MaskReader
+from nerveseg_cli.io.outputs import (
     atomic_write_text,
     check_output_file,
     prepare_output_dir,
-    read_csv_rows,
-    sort_ids,
-    thread_map,
-    threshold_level,
-    validate_id,
-    warn,
     write_mask,
 )
+from nerveseg_cli.io.parallel import thread_map
+from nerveseg_cli.postprocess import PostProcess, resolve_postprocess
 
 SUBMISSION = "submission"
 TRAIN = "train"
@@ -231,51 +227,6 @@ def read_ids_file(path: str | Path) -> list[str]:
 
 
 @dataclass(frozen=True)
-class PostProcess:
-    """How a probability map becomes a mask: v/255 > threshold, then area >= min_area."""
-
-    threshold: float = 0.5
-    min_area: int = 0
-
-    def apply(self, value_map: np.ndarray) -> np.ndarray:
-        return self.drop_small(value_map > threshold_level(self.threshold))
-
-    def drop_small(self, mask: np.ndarray) -> np.ndarray:
-        """Empty a mask whose foreground area is below ``min_area``."""
-        if self.min_area > 0 and np.count_nonzero(mask) < self.min_area:
-            return np.zeros_like(mask)
-        return mask
-
-
-def load_postprocess(path: str | Path) -> PostProcess:
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        result = PostProcess(float(data["threshold"]), int(data["min_area"]))
-    except FileNotFoundError:
-        raise NervesegError(f"{path}: no such file") from None
-    except (ValueError, KeyError, TypeError) as exc:
-        raise NervesegError(f"{path}: not a postprocess.json with threshold and min_area "
-                            f"({exc})") from None
-    threshold_level(result.threshold)
-    if result.min_area < 0:
-        raise NervesegError(f"{path}: min_area must be >= 0")
-    return result
-
-
-def resolve_postprocess(threshold: float | None, min_area: int | None,
-                        postprocess: str | Path | None) -> PostProcess:
-    """Explicit options win over a postprocess.json, which wins over the defaults."""
-    base = load_postprocess(postprocess) if postprocess else PostProcess()
-    result = PostProcess(base.threshold if threshold is None else threshold,
-                         base.min_area if min_area is None else min_area)
-    threshold_level(result.threshold)
-    if result.min_area < 0:
-        raise NervesegError(f"min-area {result.min_area} is negative")
-    return result
-
-
-@dataclass(frozen=True)
 class EncodeResult:
     rows: int
     non_empty: int
@@ -315,19 +266,19 @@ def encode_folder(source: str | Path, out: str | Path, *, fmt: str = SUBMISSION,
             warn(f"{source}: {len(extra)} predictions are not in {ids_from} and were left out "
                  f"(first: {', '.join(extra[:5])})")
     ids = [i for i in (order or maps.ids) if i in available]
-    checker = MaskSetChecker()
+    reader = MaskReader(label, str(source))
 
     def encode(sample_id: str) -> str:
         if label is not None and sample_id not in maps.gated:
-            return rle_encode(post.drop_small(maps.read_mask(sample_id, label)))
+            return rle_encode(post.drop_small(maps.read_mask(sample_id, reader)))
         values = maps.read_values(sample_id)
         mask = post.apply(values)
         if not maps.has_prediction_json:  # low values are no label-map hint in a prob. folder
-            checker.update(values, mask)
+            reader.note(values, mask)
         return rle_encode(mask)
 
     encoded = dict(zip(ids, thread_map(encode, ids, workers), strict=True))
-    checker.finish(str(source))
+    reader.finish()
     for sample_id in missing:
         encoded[sample_id] = ""
     atomic_write_text(out, format_rle_csv(encoded, fmt, order))

@@ -16,7 +16,7 @@ import torch
 from nerveseg_cli import __version__
 from nerveseg_cli.errors import NervesegError
 from nerveseg_cli.geometry import Geometry
-from nerveseg_cli.io import atomic_write_bytes, atomic_write_text
+from nerveseg_cli.io.outputs import atomic_write_bytes, atomic_write_text
 from nerveseg_cli.models import ModelConfig, SegmentationNet, build_model
 
 CONFIG = "config.json"

@@ -17,21 +17,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from nerveseg_cli.errors import NervesegError
-from nerveseg_cli.io import (
-    MaskSetChecker,
+from nerveseg_cli.errors import NervesegError, warn
+from nerveseg_cli.io.datasets import discover_images, sort_ids
+from nerveseg_cli.io.images import MaskReader, read_image
+from nerveseg_cli.io.outputs import (
     atomic_write_text,
-    check_output_file,
-    discover_images,
     prepare_output_dir,
-    read_image,
-    sort_ids,
-    thread_map,
-    threshold_level,
-    warn,
     write_image,
 )
-from nerveseg_cli.rle import PostProcess, resolve_postprocess
+from nerveseg_cli.io.parallel import thread_map
+from nerveseg_cli.postprocess import PostProcess, resolve_postprocess, threshold_level
 from nerveseg_cli.sources import MapSource, open_source
 
 N_LEVELS = 256
@@ -245,7 +240,7 @@ class ScoreReport:
         result = grouped.agg(images=("id", "size"), dice=("dice", "mean"),
                              positives=("gt_present", "sum"),
                              predicted=("pred_present", "sum")).reset_index()
-        from nerveseg_cli.io import id_sort_key
+        from nerveseg_cli.io.datasets import id_sort_key
 
         return result.sort_values("subject", key=lambda s: s.map(id_sort_key),
                                   ignore_index=True)
@@ -285,10 +280,10 @@ def score(pred: str | Path, gt: str | Path, *, threshold: float | None = None,
     gt_source = open_source(gt, size, subject_regex)
     ids, missing = _match_ids(pred_source, gt_source, allow_missing)
     missing_set = set(missing)
-    checker = MaskSetChecker()
+    reader = MaskReader(label, str(gt))
 
     def histograms(sample_id: str) -> tuple[np.ndarray, np.ndarray]:
-        truth = gt_source.read_mask(sample_id, label, checker)
+        truth = gt_source.read_mask(sample_id, reader)
         if sample_id in missing_set:
             values = np.zeros(truth.shape, dtype=np.uint8)
         else:
@@ -304,7 +299,7 @@ def score(pred: str | Path, gt: str | Path, *, threshold: float | None = None,
         return result
 
     pairs = list(thread_map(histograms, ids, workers))
-    checker.finish(str(gt))
+    reader.finish()
     truth_hist = np.stack([p[0] for p in pairs]) if pairs else np.zeros((0, N_LEVELS), np.int64)
     all_hist = np.stack([p[1] for p in pairs]) if pairs else np.zeros((0, N_LEVELS), np.int64)
     counts = counts_from_histograms(truth_hist, all_hist, threshold_level(post.threshold),
@@ -364,19 +359,6 @@ def sweep_csv(result: Sweep) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_postprocess(result: Sweep, path: str | Path, source: str, overwrite: bool) -> Path:
-    """Write the best (threshold, min_area) pair as postprocess.json for rle-encode/predict."""
-    path = check_output_file(path, overwrite)
-    threshold, min_area, best = result.best
-    atomic_write_text(path, json.dumps({
-        "threshold": threshold, "min_area": min_area, "mean_dice": best,
-        "chosen_from": source,
-        "thresholds": [float(t) for t in result.thresholds],
-        "min_areas": [int(a) for a in result.min_areas],
-    }, indent=2) + "\n")
-    return path
-
-
 OVERLAY_COLOURS = {"gt": (0, 0, 255), "pred": (0, 255, 0), "both": (0, 255, 255)}  # BGR
 
 
@@ -407,6 +389,7 @@ def write_overlays(report: ScoreReport, pred: str | Path, gt: str | Path,
                             f"(first: {', '.join(absent[:5])})")
     out = prepare_output_dir(out, overwrite)
     pred_source, gt_source = open_source(pred, size), open_source(gt, size)
+    truth_reader = MaskReader(label, str(gt))  # score warned already: no finish() here
     pred_source.gated = report.gated
     missing = set(report.missing_predictions)
     width = len(str(len(chosen)))
@@ -414,7 +397,7 @@ def write_overlays(report: ScoreReport, pred: str | Path, gt: str | Path,
     def draw(item: tuple[int, str]) -> Path:
         rank, sample_id = item
         image = read_image(image_files[sample_id])
-        truth = gt_source.read_mask(sample_id, label)
+        truth = gt_source.read_mask(sample_id, truth_reader)
         pred_mask = (np.zeros_like(truth) if sample_id in missing
                      else report.post.apply(pred_source.read_values(sample_id)))
         if image.shape != truth.shape:

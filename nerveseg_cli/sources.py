@@ -8,20 +8,16 @@ from pathlib import Path
 
 import numpy as np
 
-from nerveseg_cli.errors import NervesegError
-from nerveseg_cli.io import (
-    MaskSetChecker,
+from nerveseg_cli.errors import NervesegError, warn
+from nerveseg_cli.io.datasets import (
     discover_maps,
     id_sort_key,
     is_manifest,
-    mask_from_array,
     read_manifest,
-    read_raw,
     sort_ids,
     subject_of,
-    to_uint8_gray,
-    warn,
 )
+from nerveseg_cli.io.images import MaskReader, read_raw, to_uint8_gray
 from nerveseg_cli.probmaps import PREDICTION_JSON, PRESENCE_CSV, read_presence
 from nerveseg_cli.rle import parse_table, read_rle_csv, runs_to_mask
 
@@ -70,16 +66,11 @@ class MapSource:
             values = to_uint8_gray(read_raw(self.files[sample_id]))
         return np.zeros_like(values) if sample_id in self.gated else values
 
-    def read_mask(self, sample_id: str, label: int | None = None,
-                  checker: MaskSetChecker | None = None) -> np.ndarray:
-        """The map as a bool mask by the mask rule (> half range, or == label)."""
+    def read_mask(self, sample_id: str, reader: MaskReader) -> np.ndarray:
+        """The map as a bool mask by ``reader``'s rule (> half range, or == label)."""
         if self.kind == "csv":
             return self._from_runs(sample_id)
-        raw = read_raw(self.files[sample_id])
-        mask = mask_from_array(raw, label)
-        if checker is not None and label is None:
-            checker.update(raw, mask)
-        return mask
+        return reader.read(self.files[sample_id])
 
     def _from_runs(self, sample_id: str) -> np.ndarray:
         width, height = self.size

@@ -21,17 +21,17 @@ from pathlib import Path
 
 import numpy as np
 
-from nerveseg_cli.errors import NervesegError
-from nerveseg_cli.io import (
+from nerveseg_cli.errors import NervesegError, warn
+from nerveseg_cli.groups import linked_components
+from nerveseg_cli.io.datasets import (
     Sample,
-    check_output_file,
     check_sample_files,
     discover_with_columns,
     read_manifest_columns,
-    read_mask_areas,
-    warn,
     write_manifest,
 )
+from nerveseg_cli.io.images import MaskReader
+from nerveseg_cli.io.outputs import check_output_file
 
 GROUPINGS = ("subject", "none")
 LEFT_OUT = -1
@@ -49,9 +49,6 @@ def unit_of_images(subjects: Sequence[str], dup_groups: Sequence[str] | None,
                    group: str = "subject") -> np.ndarray:
     """Unit number per image: images of one subject (when grouping by subject) or one
     duplicate group share a unit. Units are numbered in the order of their first image."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
     if group not in GROUPINGS:
         raise NervesegError(f"--group {group!r} is not one of {', '.join(GROUPINGS)}")
     n = len(subjects)
@@ -74,12 +71,7 @@ def unit_of_images(subjects: Sequence[str], dup_groups: Sequence[str] | None,
         links_to.append(present[first[codes]])  # a star: each image to its key's first image
     rows = np.concatenate(links_from) if links_from else index[:0]
     cols = np.concatenate(links_to) if links_to else index[:0]
-    graph = coo_matrix((np.ones(rows.size, dtype=np.int8), (rows, cols)), shape=(n, n))
-    _, labels = connected_components(graph, directed=False)
-    _, first_of_label = np.unique(labels, return_index=True)
-    renumber = np.empty(first_of_label.size, dtype=np.int64)
-    renumber[np.argsort(first_of_label, kind="stable")] = np.arange(first_of_label.size)
-    return renumber[labels]
+    return linked_components(n, rows, cols)
 
 
 def class_counts(units: np.ndarray, has_mask: np.ndarray) -> np.ndarray:
@@ -259,7 +251,7 @@ def find_leaks(folds: np.ndarray, keys: Sequence[str], kind: str) -> list[Leak]:
     pairs = np.unique(np.stack([codes, folds[used]], axis=1), axis=0)  # (key, fold), sorted
     folds_per_key = np.bincount(pairs[:, 0], minlength=names.size)
     images_per_key = np.bincount(codes, minlength=names.size)
-    from nerveseg_cli.io import id_sort_key
+    from nerveseg_cli.io.datasets import id_sort_key
 
     leaks = [Leak(kind, str(names[k]), tuple(int(f) for f in pairs[pairs[:, 0] == k, 1]),
                   int(images_per_key[k]))
@@ -296,7 +288,7 @@ def read_image_table(path: str | Path, *, subject_regex: str | None = None,
     source = Path(path)
     samples, columns = discover_with_columns(source, subject_regex)
     check_sample_files(samples, source)
-    areas = read_mask_areas([s.mask for s in samples], label, workers, str(source), progress)
+    areas = MaskReader(label, str(source)).areas([s.mask for s in samples], workers, progress)
     return ImageTable(source, samples, columns, areas)
 
 
@@ -434,7 +426,7 @@ def check_split(manifest: str | Path, *, label: int | None = None, workers: int 
             raise NervesegError(f"{source}: fold of {sample.id} is {text!r}, not an integer "
                                 "(-1 = left out)") from None
     check_sample_files(samples, source)
-    areas = read_mask_areas([s.mask for s in samples], label, workers, str(source), progress)
+    areas = MaskReader(label, str(source)).areas([s.mask for s in samples], workers, progress)
     table = ImageTable(source, samples, columns, areas)
     leaks = find_leaks(folds, table.subjects, "subject")
     checked: tuple[str, ...] = ("subject",)

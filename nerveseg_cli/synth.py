@@ -19,7 +19,8 @@ import cv2
 import numpy as np
 
 from nerveseg_cli.errors import NervesegError
-from nerveseg_cli.io import atomic_write_text, prepare_output_dir, thread_map, write_image
+from nerveseg_cli.io.outputs import atomic_write_text, prepare_output_dir, write_image
+from nerveseg_cli.io.parallel import thread_map
 from nerveseg_cli.rle import format_rle_csv, rle_encode
 
 DRIFT_MARGIN = 0.06  # fraction of the size that frames may drift

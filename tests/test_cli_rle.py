@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nerveseg_cli.io import read_mask, write_image
+from nerveseg_cli.io.images import read_mask
+from nerveseg_cli.io.outputs import write_image
 from tests.conftest import assert_one_line_error, run_cli
 
 

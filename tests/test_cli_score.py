@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nerveseg_cli.io import read_mask, write_image
+from nerveseg_cli.io.images import read_mask
+from nerveseg_cli.io.outputs import write_image
 from tests.conftest import assert_one_line_error, run_cli
 
 
@@ -133,7 +134,7 @@ def test_overlays_of_worst_images(synth_root: Path, tmp_path: Path) -> None:
 
 
 def test_manifest_as_ground_truth(synth_root: Path, tmp_path: Path) -> None:
-    from nerveseg_cli.io import discover_images, write_manifest
+    from nerveseg_cli.io.datasets import discover_images, write_manifest
 
     manifest = tmp_path / "m.csv"
     write_manifest(manifest, discover_images(synth_root / "train"))
@@ -169,7 +170,7 @@ def test_presence_gating_in_score_and_rle_encode(synth_root: Path, tmp_path: Pat
     probs = noisy_probabilities(synth_root, tmp_path / "probs")
     # presence says "no nerve" exactly where the ground truth is empty: gating removes the
     # false blobs, so the score must rise to the blob-free value.
-    from nerveseg_cli.io import discover_images
+    from nerveseg_cli.io.datasets import discover_images
 
     rows = ["id,presence"]
     for sample in discover_images(synth_root / "train"):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from nerveseg_cli.crf import CrfParams, crf_refine, unary_energy
-from nerveseg_cli.io import write_image
+from nerveseg_cli.io.outputs import write_image
 from nerveseg_cli.probmaps import read_probability_values, write_presence, write_probability
 from tests.conftest import assert_one_line_error, run_cli
 

@@ -26,7 +26,9 @@ from nerveseg_cli.dedupe import (
     pairs_within_classes,
 )
 from nerveseg_cli.errors import NervesegError
-from nerveseg_cli.io import Sample, discover_images, read_mask, write_image, write_manifest
+from nerveseg_cli.io.datasets import Sample, discover_images, write_manifest
+from nerveseg_cli.io.images import read_mask
+from nerveseg_cli.io.outputs import write_image
 from tests._helpers_audit import (
     assert_bad_input,
     make_synth,

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from nerveseg_cli.demo import MARKER, clear_previous_demo
-from nerveseg_cli.io import read_image
+from nerveseg_cli.io.images import read_image
 from tests.conftest import CliResult, run_cli
 
 TINY = ("--size", "290x210", "--train-size", "64x64", "--test", "4", "--epochs", "5")

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from nerveseg_cli.asme import asme_weights
-from nerveseg_cli.ensemble import merge_stack
 from nerveseg_cli.probmaps import read_probability_values, write_presence, write_probability
 from tests.conftest import assert_one_line_error, run_cli
 
@@ -81,12 +80,6 @@ def test_methods_match_numpy_reference(tmp_path: Path, method: str, extra: list[
     assert record["options"]["method"] == method
     assert len(record["inputs"]["members"]) == 3
     assert not (out / "weights.csv").exists()
-
-
-def test_vote_ties_are_background() -> None:
-    stack = np.array([[[255, 0, 255]], [[0, 0, 255]]], dtype=np.uint8)
-    merged, _ = merge_stack(stack, "vote")
-    np.testing.assert_array_equal(merged, [[0.0, 0.0, 1.0]])
 
 
 def test_asme_weights_csv_and_maps(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Image and mask reading, discovery in DESIGN.md's three forms, manifests, atomic writes."""
+"""Image and mask reading, discovery in the three forms of docs/formats.md, manifests,
+atomic writes."""
 
 from __future__ import annotations
 
@@ -9,26 +10,20 @@ import cv2
 import numpy as np
 import pytest
 
-from nerveseg_cli.errors import NervesegError
-from nerveseg_cli.io import (
-    NervesegWarning,
+from nerveseg_cli.errors import NervesegError, NervesegWarning
+from nerveseg_cli.io.datasets import (
     Sample,
-    atomic_open,
     discover_images,
     discover_maps,
     id_sort_key,
-    parse_size,
-    prepare_output_dir,
-    read_image,
     read_manifest,
-    read_mask,
-    read_masks,
     subject_of,
-    threshold_level,
     validate_id,
-    write_image,
     write_manifest,
 )
+from nerveseg_cli.io.images import MaskReader, parse_size, read_image, read_mask
+from nerveseg_cli.io.outputs import atomic_open, prepare_output_dir, write_image
+from nerveseg_cli.postprocess import threshold_level
 
 
 def test_tif_lzw_round_trip(tmp_path: Path) -> None:
@@ -75,11 +70,23 @@ def test_label_selects_value(tmp_path: Path) -> None:
 def test_label_map_set_warns(tmp_path: Path) -> None:
     cv2.imwrite(str(tmp_path / "l.png"), np.array([[0, 1]], dtype=np.uint8))
     with pytest.warns(NervesegWarning, match="--label"):
-        read_masks([tmp_path / "l.png"])
+        MaskReader().areas([tmp_path / "l.png"])
     cv2.imwrite(str(tmp_path / "m.png"), np.array([[0, 255]], dtype=np.uint8))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        read_masks([tmp_path / "m.png"])
+        MaskReader().areas([tmp_path / "m.png"])
+
+
+def test_mask_reader_never_forgets_a_foreground_across_threads(tmp_path: Path) -> None:
+    # One mask with foreground among many empty ones, read by several threads at once: the
+    # set is not a label map, whatever order the threads finish in.
+    cv2.imwrite(str(tmp_path / "fg.png"), np.array([[0, 255]], dtype=np.uint8))
+    cv2.imwrite(str(tmp_path / "low.png"), np.array([[0, 1]], dtype=np.uint8))
+    paths = [tmp_path / "low.png"] * 200 + [tmp_path / "fg.png"] + [tmp_path / "low.png"] * 200
+    for _ in range(5):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            MaskReader().areas(paths, workers=8)
 
 
 def test_unreadable_image_is_an_error(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from nerveseg_cli.predict import predict
+from nerveseg_cli.predict import PredictOptions, predict
 from nerveseg_cli.probmaps import read_probability_values
 from nerveseg_cli.runs import load_run
 
@@ -38,8 +38,8 @@ def test_network_outputs_are_unchanged(name: str) -> None:
 @pytest.mark.parametrize("name", RUNS)
 def test_predict_writes_the_same_maps(name: str, tmp_path: Path) -> None:
     out = tmp_path / "maps"
-    predict([LEGACY / "runs" / name], LEGACY / "images", out, tta="flips", device="cpu",
-            workers=1)
+    predict([LEGACY / "runs" / name], LEGACY / "images", out,
+            PredictOptions(tta="flips", device="cpu", workers=1))
     expected = sorted((LEGACY / "maps" / name).glob("*.png"))
     assert expected
     for path in expected:

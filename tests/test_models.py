@@ -19,9 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from nerveseg_cli.geometry import Geometry
-from nerveseg_cli.io import discover_images, write_manifest
+from nerveseg_cli.io.datasets import discover_images, write_manifest
 from nerveseg_cli.models import ModelConfig, SegmentationNet, build_model, count_parameters
 from nerveseg_cli.models.blocks import SharpenSkip
+from nerveseg_cli.models.unet_family import SIZE_MULTIPLE, UNetSkeleton
 from nerveseg_cli.runs import BEST, RunConfig, load_run, save_weights, write_config
 from nerveseg_cli.train.data import choose_geometry
 from tests.conftest import assert_one_line_error, run_cli
@@ -161,6 +162,18 @@ def test_parameter_counts_match_the_seeds(arch: str, extra: dict | None, presenc
     assert (total if with_statistics else parameters) == expected
 
 
+@pytest.mark.parametrize(("arch", "extra"), [
+    ("unet-plain", None), ("sharp-unet", None), ("r2unet", None), ("attention-unet", None),
+    ("attention-resunet", {"batch_norm": False}), ("inception-unet", None),
+])
+def test_custom_unets_run_the_one_skeleton_forward(arch: str, extra: dict | None) -> None:
+    """The U-Net family overrides hooks, never the forward pass itself."""
+    with torch.device("meta"):
+        model = build(arch, extra)
+    assert isinstance(model.net, UNetSkeleton) and model.size_multiple == SIZE_MULTIPLE
+    assert type(model.net).forward is UNetSkeleton.forward
+
+
 def test_wide_unet_is_the_plain_unet_at_width_35() -> None:
     with torch.device("meta"):
         wide = build("unet-plain", {"width": 35})
@@ -270,6 +283,7 @@ def test_cli_trains_and_predicts_custom_architectures(manifest: Path, tmp_path: 
 
 @pytest.mark.parametrize(("options", "fragments"), [
     (["--arch", "deeplabv3plus", "--skip", "sharp"], ["--skip sharp", "deeplabv3plus"]),
+    (["--arch", "sharp-unet", "--skip", "plain"], ["--skip plain", "sharp-unet", "unet-plain"]),
     (["--arch", "unet-plain", "--encoder", "resnet34"], ["--encoder resnet34", "unet-plain"]),
     (["--arch", "unet-plain", "--encoder-weights", "imagenet"],
      ["--encoder-weights imagenet", "unet-plain"]),

@@ -10,8 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
-from nerveseg_cli.io import discover_images, read_image, write_image, write_manifest
-from nerveseg_cli.predict import TTA_VARIANTS, flip, merge_stack
+from nerveseg_cli.io.datasets import discover_images, write_manifest
+from nerveseg_cli.io.images import read_image
+from nerveseg_cli.io.outputs import write_image
+from nerveseg_cli.predict import TTA_VARIANTS, flip
 from nerveseg_cli.train import TrainOptions, train
 from tests.conftest import assert_one_line_error, run_cli
 
@@ -49,14 +51,15 @@ def test_tta_of_a_flip_equivariant_model_changes_nothing(trained: dict[str, Path
     """With every TTA variant inverted exactly, a model that is itself flip-equivariant gives
     the same map with and without TTA; checked on a per-pixel model (1x1 behaviour)."""
     from nerveseg_cli.models import SegmentationNet
-    from nerveseg_cli.predict import LoadedRun, predict_images
+    from nerveseg_cli.predict import LoadedRun, PredictOptions, Predictor
     from nerveseg_cli.runs import read_config
 
     config = read_config(trained["pad"])
     net = SegmentationNet(torch.nn.Conv2d(1, 1, 1), 32, False)
     run = LoadedRun(trained["pad"], config, net)
+    predictor = Predictor([trained["pad"]], PredictOptions(tta="flips", device="cpu"))
     image = np.random.default_rng(0).integers(0, 255, (44, 60), dtype=np.uint8)
-    stacks, _ = predict_images(run, [image], "flips", torch.device("cpu"), None, False)
+    stacks, _ = predictor.run_batch(run, [image])
     assert stacks[0].shape == (4, 44, 60)
     np.testing.assert_allclose(stacks[0], np.broadcast_to(stacks[0][0], stacks[0].shape),
                                atol=1e-6)
@@ -94,16 +97,6 @@ def test_several_runs_are_merged_and_mean_matches_reference(trained: dict[str, P
                     read_image(b / f"{i}.png").astype(float)) / 2
         # each member was rounded to 8 bits before averaging here, not in predict
         assert np.abs(read_image(both / f"{i}.png") - expected).max() <= 1.0
-
-
-def test_merge_stack_mean_and_asme() -> None:
-    stack = np.stack([np.full((3, 3), 0.9), np.full((3, 3), 0.8), np.zeros((3, 3))]) \
-        .astype(np.float32)
-    mean, weights = merge_stack(stack, "mean", 0.5, 100)
-    np.testing.assert_allclose(mean, stack.mean(0))
-    asme, weights = merge_stack(stack, "asme", 0.5, 100)
-    assert weights[2] < weights[0] == pytest.approx(weights[1])  # the outlier weighs least
-    assert asme.mean() > mean.mean()
 
 
 def test_presence_gating_and_presence_from(trained: dict[str, Path], tmp_path: Path) -> None:
@@ -219,7 +212,7 @@ def test_out_of_fold_refuses_what_cannot_be_out_of_fold(trained: dict[str, Path]
 
 def test_out_of_fold_rows_left_out_of_every_fold_get_all_runs(trained: dict[str, Path],
                                                               tmp_path: Path) -> None:
-    from nerveseg_cli.io import read_manifest_columns
+    from nerveseg_cli.io.datasets import read_manifest_columns
 
     samples, columns = read_manifest_columns(trained["manifest"])
     folds = list(columns["fold"])

@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nerveseg_cli.io import discover_images, read_image, write_manifest
+from nerveseg_cli.io.datasets import discover_images, write_manifest
+from nerveseg_cli.io.images import read_image
 from nerveseg_cli.models import check_model_config
 from nerveseg_cli.recipes import load_recipe, read_recipe_file, recipe_names
 from nerveseg_cli.train import TrainOptions

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from nerveseg_cli.io import threshold_level
+from nerveseg_cli.postprocess import threshold_level
 from nerveseg_cli.score import (
     counts_from_histograms,
     dice,

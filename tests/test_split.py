@@ -15,13 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nerveseg_cli.dedupe import dedupe, write_outputs
-from nerveseg_cli.io import (
-    Sample,
-    discover_images,
-    read_manifest,
-    read_mask,
-    write_manifest,
-)
+from nerveseg_cli.io.datasets import Sample, discover_images, read_manifest, write_manifest
+from nerveseg_cli.io.images import read_mask
 from nerveseg_cli.split import (
     LEFT_OUT,
     balance_folds,

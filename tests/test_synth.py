@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from nerveseg_cli.io import discover_images, read_image, read_mask
+from nerveseg_cli.io.datasets import discover_images
+from nerveseg_cli.io.images import read_image, read_mask
 from nerveseg_cli.rle import decode_table, read_rle_csv
 from tests._helpers_audit import tree_digest
 from tests.conftest import assert_one_line_error, run_cli

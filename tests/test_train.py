@@ -14,9 +14,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from nerveseg_cli.io import discover_images, write_manifest
+from nerveseg_cli.io.datasets import discover_images, write_manifest
 from nerveseg_cli.runs import load_run, read_config
 from nerveseg_cli.train import TrainOptions, train
+from nerveseg_cli.train.progress import EpochRecord, Reporter
 from tests.conftest import assert_one_line_error, run_cli
 
 TINY = ["--epochs", "2", "--batch-size", "4", "--device", "cpu", "--workers", "2"]
@@ -68,7 +69,7 @@ def test_validation_dice_is_the_score_metric(manifest: Path, tmp_path: Path) -> 
     config, model = load_run(tmp_path / "run")
     scores = []
     for sample in select_folds(manifest, "0").val:
-        from nerveseg_cli.io import read_image, read_mask
+        from nerveseg_cli.io.images import read_image, read_mask
 
         image, truth = read_image(sample.image), read_mask(sample.mask)
         x = torch.from_numpy(config.geometry.forward(image)).float()[None, None] / 255
@@ -113,12 +114,13 @@ def test_resume_after_interruption_equals_uninterrupted(manifest: Path, tmp_path
     class Crash(Exception):
         pass
 
-    def crash_after_first(record) -> None:  # noqa: ANN001
-        if record.epoch == 1:
-            raise Crash
+    class CrashAfterFirst(Reporter):
+        def epoch_end(self, record: EpochRecord, best: bool) -> None:
+            if record.epoch == 1:
+                raise Crash
 
     with pytest.raises(Crash):
-        train(options, tmp_path / "resumed", on_epoch_end=crash_after_first)
+        train(options, tmp_path / "resumed", reporter=CrashAfterFirst())
     train(options, tmp_path / "resumed", resume=True)
     for name in ("last.safetensors", "model.safetensors"):
         a = load_file(str(tmp_path / "straight" / name))

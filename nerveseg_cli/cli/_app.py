@@ -2,20 +2,46 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
+import click
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from nerveseg_cli import __version__
-from nerveseg_cli.cli._common import install_warning_printer, state
+from nerveseg_cli.cli._common import handle_errors, install_warning_printer, state
 
+# Help panels in pipeline order; cli/__init__.py registers the commands in this order too,
+# which is the order Typer shows the panels in.
 PANEL_DATA = "Data"
-PANEL_MODEL = "Training"
+PANEL_TRAINING = "Training"
+PANEL_INFERENCE = "Inference"
 PANEL_SUBMIT = "Submission and scoring"
 PANEL_PIPELINE = "Pipeline"
-PANEL_INFERENCE = "Inference"
+
+
+
+def _hide_flag_metavars(params: list[click.Parameter]) -> list[click.Parameter]:
+    """A flag takes no value, so its help line shows none (Typer would print ``<bool>``)."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class NervesegGroup(TyperGroup):
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        return _hide_flag_metavars(super().get_params(ctx))
+
+
+class NervesegCommand(TyperCommand):
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        return _hide_flag_metavars(super().get_params(ctx))
+
 
 app = typer.Typer(
+    cls=NervesegGroup,
     name="nerveseg",
     help="Competition-grade 2D medical image segmentation, one focused command at a time. "
     "Commands pass results through files (docs/formats.md), so a pipeline is a shell script.",
@@ -25,6 +51,17 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
 )
+
+
+def command(name: str, panel: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a command in a help panel, with the shared error handling (one ``error:``
+    line and exit code 2 for bad input, docs/formats.md)."""
+
+    def register(function: Callable[..., Any]) -> Callable[..., Any]:
+        return app.command(name, rich_help_panel=panel, cls=NervesegCommand)(
+            handle_errors(function))
+
+    return register
 
 
 def _version(value: bool) -> None:

@@ -53,7 +53,7 @@ def handle_errors(command: F) -> F:
 
 def install_warning_printer() -> None:
     """Print NervesegWarning as ``warning: ...`` lines on stderr (other warnings unchanged)."""
-    from nerveseg_cli.io import NervesegWarning
+    from nerveseg_cli.errors import NervesegWarning
 
     original = warnings.showwarning
     if getattr(original, "nerveseg", False):

@@ -8,11 +8,10 @@ from typing import Annotated
 
 import typer
 
-from nerveseg_cli.cli._app import PANEL_INFERENCE, app
+from nerveseg_cli.cli._app import PANEL_INFERENCE, command
 from nerveseg_cli.cli._common import (
     JsonOutput,
     Overwrite,
-    handle_errors,
     key_value_table,
     print_json,
     progress_bar,
@@ -20,8 +19,7 @@ from nerveseg_cli.cli._common import (
 )
 
 
-@app.command("crf", rich_help_panel=PANEL_INFERENCE)
-@handle_errors
+@command("crf", PANEL_INFERENCE)
 def crf_command(
     probs: Annotated[Path, typer.Argument(help="Probability folder to refine.")],
     images: Annotated[Path, typer.Argument(

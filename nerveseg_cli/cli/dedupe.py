@@ -8,14 +8,13 @@ from typing import Annotated
 
 import typer
 
-from nerveseg_cli.cli._app import PANEL_DATA, app
+from nerveseg_cli.cli._app import PANEL_DATA, command
 from nerveseg_cli.cli._common import (
     JsonOutput,
     Label,
     Overwrite,
     SubjectRegex,
     Workers,
-    handle_errors,
     key_value_table,
     print_json,
     progress_bar,
@@ -52,8 +51,7 @@ SUMMARY_LABELS = {
 }
 
 
-@app.command("dedupe", rich_help_panel=PANEL_DATA)
-@handle_errors
+@command("dedupe", PANEL_DATA)
 def dedupe_command(
     images: Annotated[Path, typer.Argument(
         help="Image set: Kaggle folder, images/+masks/ folder or manifest CSV.")],
@@ -92,7 +90,7 @@ def dedupe_command(
 ) -> None:
     """Find exact and near-duplicate images, their label conflicts, and repair them."""
     from nerveseg_cli.dedupe import dedupe, write_montage, write_outputs
-    from nerveseg_cli.io import check_output_dir, check_output_file
+    from nerveseg_cli.io.outputs import check_output_dir, check_output_file
 
     # Refuse unusable outputs before the (possibly long) decoding pass.
     check_output_dir(out, overwrite)

@@ -8,20 +8,19 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from nerveseg_cli.cli._app import PANEL_PIPELINE, app
+from nerveseg_cli.cli._app import PANEL_PIPELINE, command
 from nerveseg_cli.cli._common import (
     JsonOutput,
     Overwrite,
     format_value,
-    handle_errors,
     print_json,
     stderr,
     stdout,
 )
 
 
-@app.command("demo", rich_help_panel=PANEL_PIPELINE)
-@handle_errors
+# One parameter per option: this is Typer's declaration of the command line.
+@command("demo", PANEL_PIPELINE)
 def demo_command(
     out: Annotated[Path, typer.Argument(help="Folder for every intermediate file.")] = Path(
         "nerveseg-demo"),
@@ -44,25 +43,33 @@ def demo_command(
 
     Each step is printed as the shell command that does it; every file stays in OUT. Exits 1
     when the trained models do not beat the all-empty submission out of fold."""
-    from nerveseg_cli.demo import parse_settings, run_demo
+    from nerveseg_cli.demo import DemoStep, parse_settings, run_demo
+    from nerveseg_cli.train.progress import EpochRecord, Reporter
 
     settings = parse_settings(size, train_size, subjects=subjects, per_subject=per_subject,
                               test=test, epochs=epochs, encoder=encoder, seed=seed,
                               device=device)
 
-    def step(demo_step) -> None:  # noqa: ANN001
+    def step(demo_step: DemoStep) -> None:
         if demo_step.note:
             stderr.print(f"# {demo_step.note}", style="dim", markup=False, highlight=False,
                          soft_wrap=True)
         stderr.print(demo_step.command, style="bold cyan", markup=False, highlight=False,
                      soft_wrap=True)
 
-    def epoch(fold: int, record) -> None:  # noqa: ANN001
-        stderr.print(f"#   fold {fold} epoch {record.epoch}/{epochs}: train loss "
-                     f"{record.train_loss:.3f}, validation Dice {record.val_dice:.4f} "
-                     f"({record.seconds:.1f} s)", style="dim", markup=False, highlight=False)
+    class FoldLines(Reporter):
+        """One dim line per epoch of fold k."""
 
-    result = run_demo(out, settings, overwrite=overwrite, on_step=step, on_epoch=epoch)
+        def __init__(self, fold: int) -> None:
+            self.fold = fold
+
+        def epoch_end(self, record: EpochRecord, best: bool) -> None:
+            stderr.print(f"#   fold {self.fold} epoch {record.epoch}/{epochs}: train loss "
+                         f"{record.train_loss:.3f}, validation Dice {record.val_dice:.4f} "
+                         f"({record.seconds:.1f} s)", style="dim", markup=False,
+                         highlight=False)
+
+    result = run_demo(out, settings, overwrite=overwrite, on_step=step, fold_reporter=FoldLines)
     if json_output:
         print_json({
             "scores": [{"name": line.name, "predictions": str(line.predictions),

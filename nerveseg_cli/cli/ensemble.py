@@ -8,13 +8,12 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from nerveseg_cli.cli._app import PANEL_INFERENCE, app
+from nerveseg_cli.cli._app import PANEL_INFERENCE, command
 from nerveseg_cli.cli._common import (
     JsonOutput,
     Overwrite,
     Threshold,
     Workers,
-    handle_errors,
     key_value_table,
     print_json,
     progress_bar,
@@ -22,8 +21,7 @@ from nerveseg_cli.cli._common import (
 )
 
 
-@app.command("ensemble", rich_help_panel=PANEL_INFERENCE)
-@handle_errors
+@command("ensemble", PANEL_INFERENCE)
 def ensemble_command(
     members: Annotated[list[Path], typer.Argument(
         metavar="DIR...", help="Probability folders to merge (two or more).")],

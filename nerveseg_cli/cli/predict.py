@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from nerveseg_cli.cli._app import PANEL_INFERENCE, app
+from nerveseg_cli.cli._app import PANEL_INFERENCE, command
 from nerveseg_cli.cli._common import (
     JsonOutput,
     MinArea,
@@ -17,7 +17,6 @@ from nerveseg_cli.cli._common import (
     PresenceThreshold,
     Threshold,
     Workers,
-    handle_errors,
     key_value_table,
     print_json,
     progress_bar,
@@ -25,8 +24,8 @@ from nerveseg_cli.cli._common import (
 )
 
 
-@app.command("predict", rich_help_panel=PANEL_INFERENCE)
-@handle_errors
+# One parameter per option: this is Typer's declaration of the command line.
+@command("predict", PANEL_INFERENCE)
 def predict_command(
     paths: Annotated[list[Path], typer.Argument(
         metavar="RUN [RUN ...] IMAGES", help="One or more run folders, then the image set.")],
@@ -76,20 +75,21 @@ def predict_command(
     Options not given take the values recorded by the first run's recipe (train --recipe),
     then the defaults shown."""
     from nerveseg_cli.errors import NervesegError
-    from nerveseg_cli.predict import predict
+    from nerveseg_cli.predict import PredictOptions, predict
 
     if len(paths) < 2:
         raise NervesegError("predict needs RUN [RUN ...] IMAGES")
     *runs, images = paths
+    options = PredictOptions(tta=tta, tta_merge=tta_merge, merge=merge, asme_base=asme_base,
+                             threshold=threshold, min_area=min_area,
+                             presence_threshold=presence_threshold, crf=crf,
+                             postprocess=postprocess, presence_from=presence_from, masks=masks,
+                             part=part, out_of_fold=out_of_fold, batch_size=batch_size,
+                             device=device, amp=amp, channels_last=channels_last,
+                             workers=workers)
     with progress_bar(None, "predict") as advance:
-        result = predict(runs, images, out, tta=tta, tta_merge=tta_merge, merge=merge,
-                         asme_base=asme_base, threshold=threshold, min_area=min_area,
-                         postprocess=postprocess, presence_threshold=presence_threshold,
-                         presence_from=presence_from, crf=crf, masks=masks,
-                         batch_size=batch_size,
-                         device=device, amp=amp, channels_last=channels_last, workers=workers,
-                         resume=resume, part=part, out_of_fold=out_of_fold,
-                         overwrite=overwrite, progress=advance)
+        result = predict(runs, images, out, options, resume=resume, overwrite=overwrite,
+                         progress=advance)
     summary = {"written": result.written, "skipped (resume)": result.skipped,
                "images_per_second": round(result.images_per_second, 2),
                "with_presence": len(result.presence), "out": str(out)}

@@ -7,12 +7,11 @@ from typing import Annotated
 
 import typer
 
-from nerveseg_cli.cli._app import PANEL_MODEL, app
-from nerveseg_cli.cli._common import JsonOutput, handle_errors, print_json, stdout
+from nerveseg_cli.cli._app import PANEL_TRAINING, command
+from nerveseg_cli.cli._common import JsonOutput, print_json, stdout
 
 
-@app.command("recipes", rich_help_panel=PANEL_MODEL)
-@handle_errors
+@command("recipes", PANEL_TRAINING)
 def recipes_command(
     name: Annotated[str | None, typer.Argument(
         help="Print this recipe's JSON (a starting point for `train --config FILE`).")] = None,

@@ -7,13 +7,12 @@ from typing import Annotated
 
 import typer
 
-from nerveseg_cli.cli._app import PANEL_SUBMIT, app
+from nerveseg_cli.cli._app import PANEL_SUBMIT, command
 from nerveseg_cli.cli._common import (
     JsonOutput,
     Overwrite,
     Size,
     Workers,
-    handle_errors,
     key_value_table,
     print_json,
     progress_bar,
@@ -21,8 +20,7 @@ from nerveseg_cli.cli._common import (
 )
 
 
-@app.command("rle-decode", rich_help_panel=PANEL_SUBMIT)
-@handle_errors
+@command("rle-decode", PANEL_SUBMIT)
 def rle_decode_command(
     csv_file: Annotated[Path, typer.Argument(metavar="CSV",
                                              help="Kaggle CSV: img,pixels or subject,img,pixels.")],
@@ -33,7 +31,7 @@ def rle_decode_command(
     json_output: JsonOutput = False,
 ) -> None:
     """Turn a Kaggle RLE CSV back into mask PNGs (strictly validated first)."""
-    from nerveseg_cli.io import parse_size
+    from nerveseg_cli.io.images import parse_size
     from nerveseg_cli.rle import decode_csv_to_folder
 
     dims = parse_size(size)

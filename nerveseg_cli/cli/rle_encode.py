@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from nerveseg_cli.cli._app import PANEL_SUBMIT, app
+from nerveseg_cli.cli._app import PANEL_SUBMIT, command
 from nerveseg_cli.cli._common import (
     JsonOutput,
     Label,
@@ -19,15 +19,13 @@ from nerveseg_cli.cli._common import (
     Size,
     Threshold,
     Workers,
-    handle_errors,
     key_value_table,
     print_json,
     stdout,
 )
 
 
-@app.command("rle-encode", rich_help_panel=PANEL_SUBMIT)
-@handle_errors
+@command("rle-encode", PANEL_SUBMIT)
 def rle_encode_command(
     source: Annotated[Path, typer.Argument(
         metavar="INPUT", help="Mask set or probability folder (or a Kaggle CSV to re-encode).")],
@@ -53,7 +51,7 @@ def rle_encode_command(
     json_output: JsonOutput = False,
 ) -> None:
     """Encode masks or probability maps as a Kaggle submission (column-major RLE)."""
-    from nerveseg_cli.io import parse_size
+    from nerveseg_cli.io.images import parse_size
     from nerveseg_cli.rle import encode_folder
 
     result = encode_folder(source, out, fmt=fmt, threshold=threshold, min_area=min_area,

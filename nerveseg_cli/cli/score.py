@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from nerveseg_cli.cli._app import PANEL_SUBMIT, app
+from nerveseg_cli.cli._app import PANEL_SUBMIT, command
 from nerveseg_cli.cli._common import (
     JsonOutput,
     Label,
@@ -22,7 +22,6 @@ from nerveseg_cli.cli._common import (
     Threshold,
     Workers,
     format_value,
-    handle_errors,
     key_value_table,
     print_json,
     progress_bar,
@@ -42,8 +41,7 @@ SUMMARY_LABELS = {
 }
 
 
-@app.command("score", rich_help_panel=PANEL_SUBMIT)
-@handle_errors
+@command("score", PANEL_SUBMIT)
 def score_command(
     pred: Annotated[Path, typer.Argument(
         help="Predictions: mask set, probability folder or Kaggle CSV.")],
@@ -85,8 +83,10 @@ def score_command(
 ) -> None:
     """Score predictions against ground truth exactly as Kaggle does, with the details."""
     from nerveseg_cli.errors import NervesegError
-    from nerveseg_cli.io import check_output_dir, check_output_file, parse_size
-    from nerveseg_cli.score import score, write_outputs, write_overlays, write_postprocess
+    from nerveseg_cli.io.images import parse_size
+    from nerveseg_cli.io.outputs import check_output_dir, check_output_file
+    from nerveseg_cli.postprocess import write_postprocess
+    from nerveseg_cli.score import score, write_outputs, write_overlays
 
     if by not in (None, "subject"):
         raise NervesegError(f"--by {by!r}: only 'subject' is supported")

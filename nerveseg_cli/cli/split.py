@@ -9,14 +9,13 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from nerveseg_cli.cli._app import PANEL_DATA, app
+from nerveseg_cli.cli._app import PANEL_DATA, command
 from nerveseg_cli.cli._common import (
     JsonOutput,
     Label,
     Overwrite,
     SubjectRegex,
     Workers,
-    handle_errors,
     print_json,
     progress_bar,
     stderr,
@@ -29,8 +28,7 @@ class Grouping(str, Enum):
     none = "none"
 
 
-@app.command("split", rich_help_panel=PANEL_DATA)
-@handle_errors
+@command("split", PANEL_DATA)
 def split_command(
     input: Annotated[Path, typer.Argument(
         help="Image set (Kaggle folder, images/+masks/ folder) or manifest CSV; with --check, "
@@ -62,7 +60,7 @@ def split_command(
 ) -> None:
     """Make cross-validation folds grouped by subject and stratified by nerve presence."""
     from nerveseg_cli.errors import NervesegError
-    from nerveseg_cli.io import check_output_file
+    from nerveseg_cli.io.outputs import check_output_file
 
     if check:
         if out is not None or folds is not None or holdout is not None or balance:

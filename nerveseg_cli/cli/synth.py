@@ -7,12 +7,11 @@ from typing import Annotated
 
 import typer
 
-from nerveseg_cli.cli._app import PANEL_DATA, app
+from nerveseg_cli.cli._app import PANEL_DATA, command
 from nerveseg_cli.cli._common import (
     JsonOutput,
     Overwrite,
     Workers,
-    handle_errors,
     key_value_table,
     print_json,
     progress_bar,
@@ -20,8 +19,7 @@ from nerveseg_cli.cli._common import (
 )
 
 
-@app.command("synth", rich_help_panel=PANEL_DATA)
-@handle_errors
+@command("synth", PANEL_DATA)
 def synth_command(
     out: Annotated[Path, typer.Argument(help="Folder to create (Kaggle layout).")],
     subjects: Annotated[int, typer.Option(min=1, help="Training subjects.")] = 6,
@@ -34,7 +32,7 @@ def synth_command(
     json_output: JsonOutput = False,
 ) -> None:
     """Make a tiny deterministic Kaggle-layout dataset (tests, demos, smoke runs)."""
-    from nerveseg_cli.io import parse_size
+    from nerveseg_cli.io.images import parse_size
     from nerveseg_cli.synth import synth
 
     dims = parse_size(size)

@@ -1,40 +1,55 @@
-"""``nerveseg train``."""
+"""``nerveseg train``: parses the options, resolves them with a recipe or the run to resume
+(:func:`~nerveseg_cli.train.options.resolve_train_options`), trains, prints.
+
+Every default is read from :class:`~nerveseg_cli.train.options.TrainOptions` (``_D``), so
+there is one place to change one.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from nerveseg_cli.cli._app import PANEL_MODEL, app
+from nerveseg_cli.cli._app import PANEL_TRAINING, command
 from nerveseg_cli.cli._common import (
     JsonOutput,
     MinArea,
     Overwrite,
     Threshold,
     Workers,
-    handle_errors,
     key_value_table,
     print_json,
     stderr,
     stdout,
 )
+from nerveseg_cli.train.options import DEFAULTS as _D
+from nerveseg_cli.train.progress import EpochRecord, Reporter, format_record
 
 P_MODEL, P_DATA, P_LOSS, P_AUG, P_OPT, P_RUN = (
     "Model", "Data and geometry", "Loss", "Augmentation (per image, on the device)",
     "Optimisation", "Speed and reproducibility")
+# Parameters whose CLI name differs from the TrainOptions field.
+RENAMED = {"compile_model": "compile"}
+# Parameters that are not train options.
+NOT_OPTIONS = ("out", "resume", "overwrite", "json_output", "config_file", "recipe")
 
 
-class RichReporter:
+def _opt(panel: str, help: str, *names: str, **kwargs: Any) -> Any:
+    """A train option in one of the help panels above."""
+    return typer.Option(*names, help=help, rich_help_panel=panel, **kwargs)
+
+
+class RichReporter(Reporter):
     """A progress bar per epoch on a terminal, one line per epoch otherwise."""
 
     def __init__(self) -> None:
-        self.progress = None
-        self.task = None
+        self.progress: Any = None
+        self.task: Any = None
 
     def stage(self, text: str) -> None:
-        stderr.print(f"[dim]{text}...[/dim]")
+        stderr.print(f"{text}...", style="dim", markup=False, highlight=False)
 
     def epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
         if stderr.is_terminal:
@@ -49,211 +64,146 @@ class RichReporter:
         if self.progress is not None:
             self.progress.advance(self.task)
 
-    def epoch_end(self, record, best: bool) -> None:  # noqa: ANN001
-        from nerveseg_cli.train.engine import format_record
-
+    def epoch_end(self, record: EpochRecord, best: bool) -> None:
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
         stderr.print(format_record(record, best), markup=False, highlight=False, soft_wrap=True)
 
 
-@app.command("train", rich_help_panel=PANEL_MODEL)
-@handle_errors
+# One parameter per option: this is Typer's declaration of the command line.
+@command("train", PANEL_TRAINING)
 def train_command(
     ctx: typer.Context,
     manifest: Annotated[Path | None, typer.Argument(
-        help="Manifest with a fold column (from `split`), or any image set with --fold all.")
-    ] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder to create.")
-                   ] = None,
-    fold: Annotated[str, typer.Option(help="Validation fold K, or 'all' (no validation).",
-                                      rich_help_panel=P_DATA)] = "0",
+        help="Manifest with a fold column (from `split`), or any image set with --fold all.",
+        show_default=False)] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder to create.",
+                                             show_default=False)] = None,
+    fold: Annotated[str, _opt(P_DATA, "Validation fold K, or 'all' (no validation).")
+                    ] = _D.fold,
     resume: Annotated[Path | None, typer.Option(
-        help="Continue this run folder from its last completed epoch.")] = None,
-    recipe: Annotated[str | None, typer.Option(
-        help="Start from a shipped recipe (`nerveseg recipes`); flags given override it.")
+        help="Continue this run folder from its last completed epoch.", show_default=False)
     ] = None,
+    recipe: Annotated[str | None, typer.Option(
+        help="Start from a shipped recipe (`nerveseg recipes`); flags given override it.",
+        show_default=False)] = None,
     config_file: Annotated[Path | None, typer.Option(
         "--config", help="Start from a recipe JSON file (docs/recipes.md); flags given "
-        "override it.", dir_okay=False)] = None,
-    arch: Annotated[str, typer.Option(help="Architecture (any smp one, or a custom one).",
-                                      rich_help_panel=P_MODEL)] = "unet",
-    encoder: Annotated[str, typer.Option(help="Encoder: resnet34, efficientnet-b1, tu-...",
-                                         rich_help_panel=P_MODEL)] = "resnet18",
-    encoder_weights: Annotated[str, typer.Option(
-        help="none, imagenet (downloads), or PATH to a local encoder state dict.",
-        rich_help_panel=P_MODEL)] = "none",
-    in_channels: Annotated[int, typer.Option(min=1, help="1 for grayscale, 3 to replicate it.",
-                                             rich_help_panel=P_MODEL)] = 1,
-    decoder_attention: Annotated[str | None, typer.Option(
-        help="scse attention in the decoder (unet, unetplusplus).", rich_help_panel=P_MODEL)
-    ] = None,
-    presence_head: Annotated[bool, typer.Option(
-        "--presence-head", help="Image-level 'nerve present' classifier on the deepest "
-        "features.", rich_help_panel=P_MODEL)] = False,
-    presence_weight: Annotated[float, typer.Option(help="Weight of the presence BCE.",
-                                                   rich_help_panel=P_MODEL)] = 0.2,
-    skip: Annotated[str | None, typer.Option(
-        help="Skip connections: plain, or sharp (seed 003's fixed sharpening filter; unet, "
-        "unetplusplus, unet-plain, ragcm).", rich_help_panel=P_MODEL, show_default=False)
-    ] = None,
-    width: Annotated[int | None, typer.Option(
-        min=1, help="First-level filters of a from-scratch network (unet-plain 32, 35 = Wide "
-        "U-Net; r2unet 16; inception-unet 32; fcn 64).", rich_help_panel=P_MODEL,
-        show_default=False)] = None,
-    batch_norm: Annotated[bool | None, typer.Option(
-        "--batch-norm/--no-batch-norm", help="Batch norm in a from-scratch network "
-        "\\[default: the architecture's own, docs/models.md]", rich_help_panel=P_MODEL,
-        show_default=False)] = None,
-    activation: Annotated[str | None, typer.Option(
-        help="Decoder activation: relu, leakyrelu, elu, mish or swish (seed 000).",
-        rich_help_panel=P_MODEL, show_default=False)] = None,
-    context: Annotated[str | None, typer.Option(
-        help="none, or rpa: seed 002's region-aware pyramid aggregation on the deepest "
-        "features (unet).", rich_help_panel=P_MODEL, show_default=False)] = None,
-    fusion: Annotated[str | None, typer.Option(
-        help="none, or apf: seed 002's adaptive pyramid fusion of three decoder levels "
-        "(unet).", rich_help_panel=P_MODEL, show_default=False)] = None,
-    size: Annotated[str | None, typer.Option(
-        help="Resize to WxH (a multiple of 32), e.g. 576x448. Default: pad.",
-        rich_help_panel=P_DATA)] = None,
-    pad: Annotated[bool, typer.Option("--pad", help="Pad to the architecture's multiple "
-                                      "(the default when --size is not given).",
-                                      rich_help_panel=P_DATA)] = False,
-    balance: Annotated[str | None, typer.Option(
-        help="P:N positives to negatives in every batch, e.g. 1:1.", rich_help_panel=P_DATA)
-    ] = None,
-    loss: Annotated[str, typer.Option(help="dice, bce, focal, tversky, lovasz joined by +.",
-                                      rich_help_panel=P_LOSS)] = "bce+dice",
-    loss_weights: Annotated[str | None, typer.Option(help="Comma-separated weights, e.g. 1,1.",
-                                                     rich_help_panel=P_LOSS)] = None,
-    focal_alpha: Annotated[float, typer.Option(rich_help_panel=P_LOSS,
-                                               help="Focal alpha (<0: none).")] = 0.25,
-    focal_gamma: Annotated[float, typer.Option(rich_help_panel=P_LOSS,
-                                               help="Focal gamma.")] = 2.0,
-    tversky_alpha: Annotated[float, typer.Option(rich_help_panel=P_LOSS,
-                                                 help="Tversky false-positive weight.")] = 0.5,
-    tversky_beta: Annotated[float, typer.Option(rich_help_panel=P_LOSS,
-                                                help="Tversky false-negative weight.")] = 0.5,
-    ems_kernel: Annotated[int, typer.Option(min=0, rich_help_panel=P_LOSS,
-                                            help="Erosion mask smoothing kernel (seed 000: 9)."
-                                            )] = 0,
-    ems_epsilon: Annotated[float, typer.Option(min=0.0, max=1.0, rich_help_panel=P_LOSS,
-                                               help="EMS: interior target 1 - eps (seed 000: "
-                                               "0.1).")] = 0.0,
-    hflip: Annotated[float, typer.Option(min=0.0, max=1.0, rich_help_panel=P_AUG,
-                                         help="Horizontal flip probability.")] = 0.5,
-    vflip: Annotated[float, typer.Option(min=0.0, max=1.0, rich_help_panel=P_AUG,
-                                         help="Vertical flip probability.")] = 0.5,
-    rotate: Annotated[str, typer.Option(rich_help_panel=P_AUG,
-                                        help="DEG[:P] random rotation.")] = "0",
-    scale: Annotated[str, typer.Option(rich_help_panel=P_AUG,
-                                       help="R[:P] random zoom by up to R.")] = "0",
-    brightness: Annotated[str, typer.Option(rich_help_panel=P_AUG,
-                                            help="R[:P] brightness factor 1±R.")] = "0",
-    noise: Annotated[str, typer.Option(rich_help_panel=P_AUG,
-                                       help="SIGMA[:P] Gaussian noise on [0,1] images.")] = "0",
-    optimizer: Annotated[str, typer.Option(rich_help_panel=P_OPT,
-                                           help="adamw, adam, sgd or rmsprop.")] = "adamw",
-    lr: Annotated[float, typer.Option(rich_help_panel=P_OPT, help="Peak learning rate.")
-                  ] = 2e-3,
-    weight_decay: Annotated[float, typer.Option(rich_help_panel=P_OPT, help="Weight decay.")
-                            ] = 1e-4,
-    momentum: Annotated[float, typer.Option(rich_help_panel=P_OPT,
-                                            help="Momentum (sgd, rmsprop).")] = 0.9,
-    scheduler: Annotated[str, typer.Option(rich_help_panel=P_OPT,
-                                           help="cosine, step, poly or none.")] = "cosine",
-    step_gamma: Annotated[float, typer.Option(rich_help_panel=P_OPT,
-                                              help="Step decay factor per epoch.")] = 0.95,
-    poly_power: Annotated[float, typer.Option(rich_help_panel=P_OPT, help="Poly power.")
-                          ] = 0.9,
-    warmup_epochs: Annotated[float, typer.Option(min=0.0, rich_help_panel=P_OPT,
-                                                 help="Linear warm-up length.")] = 1.0,
-    epochs: Annotated[int, typer.Option(min=1, rich_help_panel=P_OPT, help="Epochs.")] = 40,
-    batch_size: Annotated[int, typer.Option(min=1, rich_help_panel=P_OPT,
-                                            help="Images per step (per process).")] = 8,
-    accumulate: Annotated[int, typer.Option(min=1, rich_help_panel=P_OPT,
-                                            help="Batches per optimizer step.")] = 1,
-    patience: Annotated[int, typer.Option(min=0, rich_help_panel=P_OPT,
-                                          help="Stop after N epochs without a better "
-                                          "validation Dice (0: never).")] = 0,
-    grad_clip: Annotated[float, typer.Option(min=0.0, rich_help_panel=P_OPT,
-                                             help="Clip the gradient norm (0: off).")] = 1.0,
+        "override it.", dir_okay=False, show_default=False)] = None,
+    arch: Annotated[str, _opt(P_MODEL, "Architecture (any smp one, or a custom one).")
+                    ] = _D.arch,
+    encoder: Annotated[str, _opt(P_MODEL, "Encoder: resnet34, efficientnet-b1, tu-...")
+                       ] = _D.encoder,
+    encoder_weights: Annotated[str, _opt(
+        P_MODEL, "none, imagenet (downloads), or PATH to a local encoder state dict.")
+    ] = _D.encoder_weights,
+    in_channels: Annotated[int, _opt(P_MODEL, "1 for grayscale, 3 to replicate it.", min=1)
+                           ] = _D.in_channels,
+    decoder_attention: Annotated[str | None, _opt(
+        P_MODEL, "scse attention in the decoder (unet, unetplusplus).", show_default=False)
+    ] = _D.decoder_attention,
+    presence_head: Annotated[bool, _opt(
+        P_MODEL, "Image-level 'nerve present' classifier on the deepest features.",
+        "--presence-head")] = _D.presence_head,
+    presence_weight: Annotated[float, _opt(P_MODEL, "Weight of the presence BCE.")
+                               ] = _D.presence_weight,
+    skip: Annotated[str | None, _opt(
+        P_MODEL, "Skip connections: plain, or sharp (seed 003's fixed sharpening filter; unet, "
+        "unetplusplus, unet-plain, ragcm).", show_default=False)] = _D.skip,
+    width: Annotated[int | None, _opt(
+        P_MODEL, "First-level filters of a from-scratch network (unet-plain 32, 35 = Wide "
+        "U-Net; r2unet 16; inception-unet 32; fcn 64).", min=1, show_default=False)
+    ] = _D.width,
+    batch_norm: Annotated[bool | None, _opt(
+        P_MODEL, "Batch norm in a from-scratch network \\[default: the architecture's own, "
+        "docs/models.md]", "--batch-norm/--no-batch-norm", show_default=False)
+    ] = _D.batch_norm,
+    activation: Annotated[str | None, _opt(
+        P_MODEL, "Decoder activation: relu, leakyrelu, elu, mish or swish (seed 000).",
+        show_default=False)] = _D.activation,
+    context: Annotated[str | None, _opt(
+        P_MODEL, "none, or rpa: seed 002's region-aware pyramid aggregation on the deepest "
+        "features (unet).", show_default=False)] = _D.context,
+    fusion: Annotated[str | None, _opt(
+        P_MODEL, "none, or apf: seed 002's adaptive pyramid fusion of three decoder levels "
+        "(unet).", show_default=False)] = _D.fusion,
+    size: Annotated[str | None, _opt(
+        P_DATA, "Resize to WxH (a multiple of 32), e.g. 576x448. Default: pad.",
+        metavar="WxH", show_default=False)] = _D.size,
+    pad: Annotated[bool, _opt(P_DATA, "Pad to the architecture's multiple (the default when "
+                              "--size is not given).", "--pad")] = _D.pad,
+    balance: Annotated[str | None, _opt(
+        P_DATA, "P:N positives to negatives in every batch, e.g. 1:1.", metavar="P:N",
+        show_default=False)] = _D.balance,
+    loss: Annotated[str, _opt(P_LOSS, "dice, bce, focal, tversky, lovasz joined by +.")
+                    ] = _D.loss,
+    loss_weights: Annotated[str | None, _opt(P_LOSS, "Comma-separated weights, e.g. 1,1.",
+                                             show_default=False)] = None,
+    focal_alpha: Annotated[float, _opt(P_LOSS, "Focal alpha (<0: none).")] = _D.focal_alpha,
+    focal_gamma: Annotated[float, _opt(P_LOSS, "Focal gamma.")] = _D.focal_gamma,
+    tversky_alpha: Annotated[float, _opt(P_LOSS, "Tversky false-positive weight.")
+                             ] = _D.tversky_alpha,
+    tversky_beta: Annotated[float, _opt(P_LOSS, "Tversky false-negative weight.")
+                            ] = _D.tversky_beta,
+    ems_kernel: Annotated[int, _opt(P_LOSS, "Erosion mask smoothing kernel (seed 000: 9).",
+                                    min=0)] = _D.ems_kernel,
+    ems_epsilon: Annotated[float, _opt(P_LOSS, "EMS: interior target 1 - eps (seed 000: 0.1).",
+                                       min=0.0, max=1.0)] = _D.ems_epsilon,
+    hflip: Annotated[float, _opt(P_AUG, "Horizontal flip probability.", min=0.0, max=1.0)
+                     ] = _D.hflip,
+    vflip: Annotated[float, _opt(P_AUG, "Vertical flip probability.", min=0.0, max=1.0)
+                     ] = _D.vflip,
+    rotate: Annotated[str, _opt(P_AUG, "DEG[:P] random rotation.")] = _D.rotate,
+    scale: Annotated[str, _opt(P_AUG, "R[:P] random zoom by up to R.")] = _D.scale,
+    brightness: Annotated[str, _opt(P_AUG, "R[:P] brightness factor 1±R.")] = _D.brightness,
+    noise: Annotated[str, _opt(P_AUG, "SIGMA[:P] Gaussian noise on [0,1] images.")] = _D.noise,
+    optimizer: Annotated[str, _opt(P_OPT, "adamw, adam, sgd or rmsprop.")] = _D.optimizer,
+    lr: Annotated[float, _opt(P_OPT, "Peak learning rate.")] = _D.lr,
+    weight_decay: Annotated[float, _opt(P_OPT, "Weight decay.")] = _D.weight_decay,
+    momentum: Annotated[float, _opt(P_OPT, "Momentum (sgd, rmsprop).")] = _D.momentum,
+    scheduler: Annotated[str, _opt(P_OPT, "cosine, step, poly or none.")] = _D.scheduler,
+    step_gamma: Annotated[float, _opt(P_OPT, "Step decay factor per epoch.")] = _D.step_gamma,
+    poly_power: Annotated[float, _opt(P_OPT, "Poly power.")] = _D.poly_power,
+    warmup_epochs: Annotated[float, _opt(P_OPT, "Linear warm-up length.", min=0.0)
+                             ] = _D.warmup_epochs,
+    epochs: Annotated[int, _opt(P_OPT, "Epochs.", min=1)] = _D.epochs,
+    batch_size: Annotated[int, _opt(P_OPT, "Images per step (per process).", min=1)
+                          ] = _D.batch_size,
+    accumulate: Annotated[int, _opt(P_OPT, "Batches per optimizer step.", min=1)
+                          ] = _D.accumulate,
+    patience: Annotated[int, _opt(P_OPT, "Stop after N epochs without a better validation "
+                                  "Dice (0: never).", min=0)] = _D.patience,
+    grad_clip: Annotated[float, _opt(P_OPT, "Clip the gradient norm (0: off).", min=0.0)
+                         ] = _D.grad_clip,
     threshold: Threshold = None,
     min_area: MinArea = None,
-    amp: Annotated[str, typer.Option(rich_help_panel=P_RUN,
-                                     help="auto (bf16 on CUDA when supported), bf16, fp16, "
-                                     "off.")] = "auto",
-    channels_last: Annotated[bool, typer.Option("--channels-last", rich_help_panel=P_RUN,
-                                                help="channels-last memory format.")] = False,
-    compile_model: Annotated[bool, typer.Option("--compile", rich_help_panel=P_RUN,
-                                                help="torch.compile the model.")] = False,
-    workers: Workers = 4,
-    device: Annotated[str, typer.Option(rich_help_panel=P_RUN,
-                                        help="auto, cpu, cuda or cuda:N.")] = "auto",
-    seed: Annotated[int, typer.Option(rich_help_panel=P_RUN, help="Random seed.")] = 0,
-    deterministic: Annotated[bool, typer.Option("--deterministic", rich_help_panel=P_RUN,
-                                                help="Deterministic algorithms (slower).")
-                             ] = False,
+    amp: Annotated[str, _opt(P_RUN, "auto (bf16 on CUDA when supported), bf16, fp16, off.")
+                   ] = _D.amp,
+    channels_last: Annotated[bool, _opt(P_RUN, "channels-last memory format.",
+                                        "--channels-last")] = _D.channels_last,
+    compile_model: Annotated[bool, _opt(P_RUN, "torch.compile the model.", "--compile")
+                             ] = _D.compile,
+    workers: Workers = _D.workers,
+    device: Annotated[str, _opt(P_RUN, "auto, cpu, cuda or cuda:N.")] = _D.device,
+    seed: Annotated[int, _opt(P_RUN, "Random seed.")] = _D.seed,
+    deterministic: Annotated[bool, _opt(P_RUN, "Deterministic algorithms (slower).",
+                                        "--deterministic")] = _D.deterministic,
     overwrite: Overwrite = False,
     json_output: JsonOutput = False,
 ) -> None:
     """Train one model on the folds other than K, validating on fold K every epoch."""
     from nerveseg_cli.errors import NervesegError
-    from nerveseg_cli.train import TrainOptions, train
+    from nerveseg_cli.train import resolve_train_options, train
 
-    values = dict(ctx.params)
-    values["compile"] = values.pop("compile_model")
-    for key in ("out", "resume", "overwrite", "json_output", "config_file"):
-        values.pop(key)
-    values["manifest"] = str(manifest) if manifest else ""
-    if loss_weights:
-        try:
-            values["loss_weights"] = [float(w) for w in loss_weights.split(",")]
-        except ValueError:
-            raise NervesegError(f"--loss-weights {loss_weights!r} is not comma-separated "
-                                "numbers") from None
-    # Options given on this command line (they win over a recipe and must match on resume).
-    explicit = {k for k in ctx.params
-                if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
-    explicit = {"compile" if k == "compile_model" else k for k in explicit}
-    inference = None
-    if recipe is not None or config_file is not None:
-        from nerveseg_cli.recipes import load_recipe, merge_recipe, read_recipe_file
-
-        if recipe is not None and config_file is not None:
-            raise NervesegError("--recipe and --config exclude each other")
-        if resume is not None:
-            raise NervesegError("--resume takes the options of the run; leave out --recipe "
-                                "and --config")
-        chosen = load_recipe(recipe) if recipe is not None else read_recipe_file(config_file)
-        values = merge_recipe(values, chosen, explicit)
-        inference = chosen.inference()
-        explicit |= set(chosen.train)
-    values["threshold"] = 0.5 if values["threshold"] is None else values["threshold"]
-    values["min_area"] = 0 if values["min_area"] is None else values["min_area"]
-    if "encoder" in explicit:
-        from nerveseg_cli.models import arch_spec
-
-        if not arch_spec(values["arch"]).encoder:
-            raise NervesegError(f"--encoder {values['encoder']} does not apply to --arch "
-                                f"{values['arch']} (it has its own encoder; see "
-                                "docs/models.md)")
-    if resume is not None:
-        from nerveseg_cli.runs import read_config
-
-        saved = read_config(resume).training
-        # Options given on this command line must match the run; the rest come from it.
-        values = {k: (values[k] if k in explicit else saved.get(k, values[k]))
-                  for k in values}
-        run = resume
-    else:
-        if manifest is None or out is None:
-            raise NervesegError("train needs MANIFEST and --out (or --resume RUN)")
-        run = out
-    result = train(TrainOptions.from_dict(values), run, overwrite=overwrite,
-                   resume=resume is not None, reporter=RichReporter(), inference=inference)
+    if resume is None and (manifest is None or out is None):
+        raise NervesegError("train needs MANIFEST and --out (or --resume RUN)")
+    given, explicit = _given_options(ctx)
+    resolved = resolve_train_options(given, explicit, recipe=recipe, config_file=config_file,
+                                     resume=resume)
+    result = train(resolved.options, resume or out, overwrite=overwrite,
+                   resume=resume is not None, reporter=RichReporter(),
+                   inference=resolved.inference)
     summary = {"run": str(result.run), "best_epoch": result.best_epoch,
                "best_val_dice": result.best_dice, "epochs_run": len(result.history),
                "stopped_early": result.stopped_early, "parameters": result.parameters}
@@ -261,3 +211,22 @@ def train_command(
         print_json(summary)
     else:
         stdout.print(key_value_table("train", summary))
+
+
+def _given_options(ctx: typer.Context) -> tuple[dict[str, Any], set[str]]:
+    """The command line as TrainOptions fields, and the fields the user typed (they win over a
+    recipe and must match the run on --resume)."""
+    from nerveseg_cli.errors import NervesegError
+
+    given = {RENAMED.get(k, k): v for k, v in ctx.params.items() if k not in NOT_OPTIONS}
+    given["manifest"] = str(given["manifest"]) if given["manifest"] else ""
+    text = given["loss_weights"]
+    if text:
+        try:
+            given["loss_weights"] = [float(w) for w in text.split(",")]
+        except ValueError:
+            raise NervesegError(f"--loss-weights {text!r} is not comma-separated "
+                                "numbers") from None
+    explicit = {RENAMED.get(k, k) for k in ctx.params
+                if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
+    return given, explicit

@@ -26,18 +26,23 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nerveseg_cli.models import ModelConfig, SegmentationNet, extra_option, register
+from nerveseg_cli.models import ModelConfig, SegmentationNet, register
 from nerveseg_cli.models.blocks import (
     DoubleConv,
     PresenceHead,
-    check_width,
     conv_norm_act,
     make_activation,
     upsample_to,
 )
+from nerveseg_cli.models.unet_family import (
+    UNetSkeleton,
+    build_unet,
+    decoder_modules,
+    encoder_blocks,
+    level_widths,
+)
 
-LEVELS = 5
-SIZE_MULTIPLE = 2 ** (LEVELS - 1)
+DEFAULTS = {"width": 32, "batch_norm": True, "activation": "relu"}
 
 
 class ResidualBlock(nn.Module):
@@ -78,7 +83,7 @@ class AttentionGate(nn.Module):
         return self.out(x * coefficients)
 
 
-class AttentionUNet(nn.Module):
+class AttentionUNet(UNetSkeleton):
     """Attention U-Net; ``residual=True`` gives seed 001's AttResUNet (module docstring)."""
 
     def __init__(self, in_channels: int = 1, width: int = 32, batch_norm: bool = True,
@@ -86,49 +91,32 @@ class AttentionUNet(nn.Module):
                  presence_head: bool = False) -> None:
         super().__init__()
         block = ResidualBlock if residual else DoubleConv
-        widths = [width * 2 ** i for i in range(LEVELS)]
-        self.encoder = nn.ModuleList(
-            block(c_in, c_out, batch_norm, "relu")
-            for c_in, c_out in zip([in_channels, *widths[:-1]], widths, strict=True))
+        widths = level_widths(width)
+        self.encoder = encoder_blocks(
+            in_channels, widths, lambda c_in, c_out: block(c_in, c_out, batch_norm, "relu"))
         self.pool = nn.MaxPool2d(2)
-        levels = list(reversed(range(LEVELS - 1)))
-        self.gating = nn.ModuleList(
-            conv_norm_act(widths[i + 1], widths[i], 1, batch_norm, activation) for i in levels)
-        self.gates = nn.ModuleList(
-            AttentionGate(widths[i], widths[i], widths[i], batch_norm) for i in levels)
-        self.decoder = nn.ModuleList(
-            block(widths[i + 1] + widths[i], widths[i], batch_norm, activation) for i in levels)
+        # All gating convolutions, then all gates, then the decoder blocks: the order of
+        # creation that fixes the random initialisation of existing runs.
+        self.gating = decoder_modules(
+            lambda i: conv_norm_act(widths[i + 1], widths[i], 1, batch_norm, activation))
+        self.gates = decoder_modules(
+            lambda i: AttentionGate(widths[i], widths[i], widths[i], batch_norm))
+        self.decoder = decoder_modules(
+            lambda i: block(widths[i + 1] + widths[i], widths[i], batch_norm, activation))
         self.head = nn.Sequential(nn.Conv2d(width, 1, 1),
                                   nn.BatchNorm2d(1) if batch_norm else nn.Identity())
         self.presence = PresenceHead(widths[-1]) if presence_head else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        skips = []
-        for level, block in enumerate(self.encoder):
-            x = block(x if level == 0 else self.pool(x))
-            skips.append(x)
-        bottom = skips.pop()
-        x = bottom
-        for gating, gate, block in zip(self.gating, self.gates, self.decoder, strict=True):
-            skip = skips.pop()
-            attended = gate(skip, gating(x))
-            x = block(torch.cat([upsample_to(x, skip), attended], dim=1))
-        logits = self.head(x)
-        return (logits, self.presence(bottom)) if self.presence is not None else logits
+    def join(self, index: int, coarse: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        attended = self.gates[index](skip, self.gating[index](coarse))
+        return torch.cat([upsample_to(coarse, skip), attended], dim=1)
 
 
-def _build(config: ModelConfig, residual: bool, arch: str) -> SegmentationNet:
-    net = AttentionUNet(config.in_channels, check_width(extra_option(config, "width", 32), arch),
-                        bool(extra_option(config, "batch_norm", True)), residual,
-                        extra_option(config, "activation", "relu"), config.presence_head)
-    return SegmentationNet(net, SIZE_MULTIPLE, config.presence_head)
-
-
-@register("attention-unet", options=("width", "batch_norm", "activation"))
+@register("attention-unet", options=tuple(DEFAULTS))
 def build_attention_unet(config: ModelConfig) -> SegmentationNet:
-    return _build(config, False, "attention-unet")
+    return build_unet(config, "attention-unet", AttentionUNet, DEFAULTS, residual=False)
 
 
-@register("attention-resunet", options=("width", "batch_norm", "activation"))
+@register("attention-resunet", options=tuple(DEFAULTS))
 def build_attention_resunet(config: ModelConfig) -> SegmentationNet:
-    return _build(config, True, "attention-resunet")
+    return build_unet(config, "attention-resunet", AttentionUNet, DEFAULTS, residual=True)

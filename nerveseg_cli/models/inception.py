@@ -27,11 +27,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nerveseg_cli.models import ModelConfig, SegmentationNet, extra_option, register
-from nerveseg_cli.models.blocks import check_width, conv_norm_act, make_activation, upsample_to
+from nerveseg_cli.models import ModelConfig, SegmentationNet, register
+from nerveseg_cli.models.blocks import conv_norm_act, make_activation, upsample_to
+from nerveseg_cli.models.unet_family import LEVELS, UNetSkeleton, build_unet, level_widths
 
-LEVELS = 5
-SIZE_MULTIPLE = 2 ** (LEVELS - 1)
+DEFAULTS = {"width": 32, "activation": "elu"}
+WIDTH_MULTIPLE = 16  # the narrowest branch has depth / 16 filters
 DROPOUT = 0.5
 RESIDUAL_SCALE = 0.1
 PRESENCE_GRID = (5, 7)  # the bottleneck of seed 001's 80x112 input
@@ -87,14 +88,16 @@ class InceptionPresence(nn.Module):
         return self.dense(self.pool(torch.sigmoid(self.squeeze(x))).flatten(1))
 
 
-class InceptionUNet(nn.Module):
+class InceptionUNet(UNetSkeleton):
     def __init__(self, in_channels: int = 1, width: int = 32, activation: str = "elu",
                  presence_head: bool = True) -> None:
         super().__init__()
-        depths = [width * 2 ** i for i in range(LEVELS)]
+        depths = level_widths(width)
         self.encoder = nn.ModuleList()
         self.down = nn.ModuleList()
         channels = in_channels
+        # Each encoder block and its downsampling are created in turn (the order of creation
+        # fixes the random initialisation), and a block's output width feeds the next module.
         for level, depth in enumerate(depths):
             block = InceptionBlock(channels, depth, "elu")
             self.encoder.append(block)
@@ -115,25 +118,16 @@ class InceptionUNet(nn.Module):
         self.head = nn.Conv2d(channels, 1, 1)
         self.presence = InceptionPresence(depths[-1]) if presence_head else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        skips = []
-        for level, block in enumerate(self.encoder):
-            x = block(x)
-            if level < LEVELS - 1:
-                skips.append(x)
-                x = self.down[level](x)
-        bottom = self.bottleneck_dropout(x)
-        x = bottom
-        for skip_unit, block in zip(self.skips, self.decoder, strict=True):
-            skip = skips.pop()
-            x = block(torch.cat([upsample_to(x, skip), skip_unit(skip)], dim=1))
-        logits = self.head(x)
-        return (logits, self.presence(bottom)) if self.presence is not None else logits
+    def downsample(self, level: int, x: torch.Tensor) -> torch.Tensor:
+        return self.down[level](x)
+
+    def bottleneck(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bottleneck_dropout(x)
+
+    def join(self, index: int, coarse: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return torch.cat([upsample_to(coarse, skip), self.skips[index](skip)], dim=1)
 
 
-@register("inception-unet", options=("width", "activation"))
+@register("inception-unet", options=tuple(DEFAULTS))
 def build_inception_unet(config: ModelConfig) -> SegmentationNet:
-    net = InceptionUNet(config.in_channels,
-                        check_width(extra_option(config, "width", 32), "inception-unet", 16),
-                        extra_option(config, "activation", "elu"), config.presence_head)
-    return SegmentationNet(net, SIZE_MULTIPLE, config.presence_head)
+    return build_unet(config, "inception-unet", InceptionUNet, DEFAULTS, WIDTH_MULTIPLE)

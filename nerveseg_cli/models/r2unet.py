@@ -18,13 +18,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nerveseg_cli.models import ModelConfig, SegmentationNet, extra_option, register
-from nerveseg_cli.models.blocks import PresenceHead, check_width, conv_norm_act, upsample_to
+from nerveseg_cli.models import ModelConfig, SegmentationNet, register
+from nerveseg_cli.models.blocks import PresenceHead, conv_norm_act, upsample_to
+from nerveseg_cli.models.unet_family import (
+    UNetSkeleton,
+    build_unet,
+    decoder_modules,
+    encoder_blocks,
+    level_widths,
+)
 
-LEVELS = 5
-SIZE_MULTIPLE = 2 ** (LEVELS - 1)
 RECURRENT_STEPS = 2
 LAYERS_PER_BLOCK = 2
+DEFAULTS = {"width": 16, "batch_norm": False, "activation": "relu"}
 
 
 class RecurrentConv(nn.Module):
@@ -59,38 +65,24 @@ class RecurrentResidualBlock(nn.Module):
         return x + self.layers(x)
 
 
-class R2UNet(nn.Module):
+class R2UNet(UNetSkeleton):
     def __init__(self, in_channels: int = 1, width: int = 16, batch_norm: bool = False,
                  activation: str = "relu", presence_head: bool = False) -> None:
         super().__init__()
-        widths = [width * 2 ** i for i in range(LEVELS)]
-        self.encoder = nn.ModuleList(
-            RecurrentResidualBlock(c_in, c_out, batch_norm, "relu")
-            for c_in, c_out in zip([in_channels, *widths[:-1]], widths, strict=True))
+        widths = level_widths(width)
+        self.encoder = encoder_blocks(
+            in_channels, widths,
+            lambda c_in, c_out: RecurrentResidualBlock(c_in, c_out, batch_norm, "relu"))
         self.pool = nn.MaxPool2d(2)
-        self.decoder = nn.ModuleList(
-            RecurrentResidualBlock(widths[i] + widths[i + 1], widths[i], batch_norm, activation)
-            for i in reversed(range(LEVELS - 1)))
+        self.decoder = decoder_modules(lambda i: RecurrentResidualBlock(
+            widths[i] + widths[i + 1], widths[i], batch_norm, activation))
         self.head = nn.Conv2d(width, 1, 1)
         self.presence = PresenceHead(widths[-1]) if presence_head else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        skips = []
-        for level, block in enumerate(self.encoder):
-            x = block(x if level == 0 else self.pool(x))
-            skips.append(x)
-        bottom = skips.pop()
-        x = bottom
-        for block in self.decoder:
-            skip = skips.pop()
-            x = block(torch.cat([skip, upsample_to(x, skip)], dim=1))
-        logits = self.head(x)
-        return (logits, self.presence(bottom)) if self.presence is not None else logits
+    def join(self, index: int, coarse: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return torch.cat([skip, upsample_to(coarse, skip)], dim=1)
 
 
-@register("r2unet", options=("width", "batch_norm", "activation"))
+@register("r2unet", options=tuple(DEFAULTS))
 def build_r2unet(config: ModelConfig) -> SegmentationNet:
-    net = R2UNet(config.in_channels, check_width(extra_option(config, "width", 16), "r2unet"),
-                 bool(extra_option(config, "batch_norm", False)),
-                 extra_option(config, "activation", "relu"), config.presence_head)
-    return SegmentationNet(net, SIZE_MULTIPLE, config.presence_head)
+    return build_unet(config, "r2unet", R2UNet, DEFAULTS)

@@ -17,71 +17,52 @@ from torch import nn
 
 from nerveseg_cli.errors import NervesegError
 from nerveseg_cli.models import ModelConfig, SegmentationNet, extra_option, register
-from nerveseg_cli.models.blocks import (
-    DoubleConv,
-    PresenceHead,
-    SharpenSkip,
-    check_skip,
-    check_width,
-    make_activation,
+from nerveseg_cli.models.blocks import DoubleConv, PresenceHead, SharpenSkip, make_activation
+from nerveseg_cli.models.unet_family import (
+    UNetSkeleton,
+    build_unet,
+    decoder_modules,
+    encoder_blocks,
+    level_widths,
 )
 
-LEVELS = 5
-SIZE_MULTIPLE = 2 ** (LEVELS - 1)
+DEFAULTS = {"skip": "plain", "width": 32, "batch_norm": False, "activation": "relu"}
 
 
-class PlainUNet(nn.Module):
+class PlainUNet(UNetSkeleton):
     """Ronneberger's U-Net with 'same' padding (module docstring)."""
 
     def __init__(self, in_channels: int = 1, width: int = 32, batch_norm: bool = False,
                  sharp: bool = False, activation: str = "relu",
                  presence_head: bool = False) -> None:
         super().__init__()
-        make_activation(activation)
-        widths = [width * 2 ** i for i in range(LEVELS)]
-        self.encoder = nn.ModuleList(
-            DoubleConv(c_in, c_out, batch_norm, "relu")
-            for c_in, c_out in zip([in_channels, *widths[:-1]], widths, strict=True))
+        make_activation(activation)  # refuse a bad name before building anything
+        widths = level_widths(width)
+        self.encoder = encoder_blocks(
+            in_channels, widths, lambda c_in, c_out: DoubleConv(c_in, c_out, batch_norm, "relu"))
         self.pool = nn.MaxPool2d(2)
-        self.upsample = nn.ModuleList(
-            nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2)
-            for i in reversed(range(LEVELS - 1)))
-        self.decoder = nn.ModuleList(
-            DoubleConv(2 * widths[i], widths[i], batch_norm, activation)
-            for i in reversed(range(LEVELS - 1)))
+        self.upsample = decoder_modules(
+            lambda i: nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2))
+        self.decoder = decoder_modules(
+            lambda i: DoubleConv(2 * widths[i], widths[i], batch_norm, activation))
         self.skip = SharpenSkip() if sharp else nn.Identity()
         self.head = nn.Conv2d(width, 1, 1)
         self.presence = PresenceHead(widths[-1]) if presence_head else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        skips = []
-        for level, block in enumerate(self.encoder):
-            x = block(x if level == 0 else self.pool(x))
-            skips.append(x)
-        bottom = skips.pop()
-        x = bottom
-        for upsample, block in zip(self.upsample, self.decoder, strict=True):
-            x = block(torch.cat([upsample(x), self.skip(skips.pop())], dim=1))
-        logits = self.head(x)
-        return (logits, self.presence(bottom)) if self.presence is not None else logits
+    def join(self, index: int, coarse: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.upsample[index](coarse), self.skip(skip)], dim=1)
 
 
-def _build(config: ModelConfig, sharp_default: bool, arch: str) -> SegmentationNet:
-    skip = extra_option(config, "skip", "sharp" if sharp_default else "plain")
-    if sharp_default and skip != "sharp":
+@register("unet-plain", options=tuple(DEFAULTS))
+def build_unet_plain(config: ModelConfig) -> SegmentationNet:
+    return build_unet(config, "unet-plain", PlainUNet, DEFAULTS)
+
+
+@register("sharp-unet", options=tuple(DEFAULTS))
+def build_sharp_unet(config: ModelConfig) -> SegmentationNet:
+    # Refused before the width is checked, as the skip was always the first option read.
+    skip = extra_option(config, "skip", "sharp")
+    if skip != "sharp":
         raise NervesegError(f"--skip {skip} does not apply to --arch sharp-unet (its skips are "
                             "sharp); use --arch unet-plain")
-    net = PlainUNet(config.in_channels, check_width(extra_option(config, "width", 32), arch),
-                    bool(extra_option(config, "batch_norm", False)), check_skip(skip),
-                    extra_option(config, "activation", "relu"), config.presence_head)
-    return SegmentationNet(net, SIZE_MULTIPLE, config.presence_head)
-
-
-@register("unet-plain", options=("skip", "width", "batch_norm", "activation"))
-def build_unet_plain(config: ModelConfig) -> SegmentationNet:
-    return _build(config, False, "unet-plain")
-
-
-@register("sharp-unet", options=("skip", "width", "batch_norm", "activation"))
-def build_sharp_unet(config: ModelConfig) -> SegmentationNet:
-    return _build(config, True, "sharp-unet")
+    return build_unet(config, "sharp-unet", PlainUNet, {**DEFAULTS, "skip": "sharp"})

@@ -17,7 +17,9 @@ import torch
 
 from nerveseg_cli.errors import NervesegError
 from nerveseg_cli.geometry import Geometry
-from nerveseg_cli.io import Sample, discover_with_columns, read_image, read_mask, thread_map
+from nerveseg_cli.io.datasets import Sample, discover_with_columns
+from nerveseg_cli.io.images import read_image, read_mask
+from nerveseg_cli.io.parallel import thread_map
 
 MEMMAP_ABOVE_BYTES = 4 * 2**30
 

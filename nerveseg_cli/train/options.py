@@ -1,0 +1,196 @@
+"""Every option of ``nerveseg train``, and how the command line, a recipe and ``--resume``
+combine into one :class:`TrainOptions` (:func:`resolve_train_options`).
+
+No torch import at module level: the CLI reads the defaults from here to build its options.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nerveseg_cli.errors import NervesegError
+
+if TYPE_CHECKING:
+    from nerveseg_cli.models import ModelConfig
+    from nerveseg_cli.train.augment import AugmentConfig
+
+# Options that change how a run executes but not what it computes: a resumed run may differ.
+RUNTIME_KEYS = {"device", "workers", "compile"}
+
+
+@dataclass
+class TrainOptions:
+    """Every option of ``nerveseg train``; the CLI's defaults are these."""
+
+    manifest: str = ""
+    fold: str = "0"
+    # model
+    arch: str = "unet"
+    encoder: str = "resnet18"
+    encoder_weights: str = "none"
+    in_channels: int = 1
+    decoder_attention: str | None = None
+    presence_head: bool = False
+    presence_weight: float = 0.2
+    # custom architectures (None: the architecture's own default; docs/models.md)
+    skip: str | None = None
+    width: int | None = None
+    batch_norm: bool | None = None
+    activation: str | None = None
+    context: str | None = None
+    fusion: str | None = None
+    # geometry
+    size: str | None = None
+    pad: bool = False
+    # loss
+    loss: str = "bce+dice"
+    loss_weights: list[float] | None = None
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    tversky_alpha: float = 0.5
+    tversky_beta: float = 0.5
+    ems_kernel: int = 0
+    ems_epsilon: float = 0.0
+    # augmentation
+    hflip: float = 0.5
+    vflip: float = 0.5
+    rotate: str = "0"
+    brightness: str = "0"
+    noise: str = "0"
+    scale: str = "0"
+    balance: str | None = None
+    # optimisation
+    optimizer: str = "adamw"
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    scheduler: str = "cosine"
+    step_gamma: float = 0.95
+    poly_power: float = 0.9
+    warmup_epochs: float = 1.0
+    epochs: int = 40
+    batch_size: int = 8
+    accumulate: int = 1
+    patience: int = 0
+    grad_clip: float = 1.0
+    # validation metric
+    threshold: float = 0.5
+    min_area: int = 0
+    # speed and reproducibility
+    amp: str = "auto"
+    channels_last: bool = False
+    compile: bool = False
+    workers: int = 4
+    device: str = "auto"
+    seed: int = 0
+    deterministic: bool = False
+    # the recipe the options started from: a shipped recipe's name or a --config file's path
+    recipe: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainOptions:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def augment_config(self) -> AugmentConfig:
+        from nerveseg_cli.train.augment import AugmentConfig, parse_amount
+
+        for name, p in (("--hflip", self.hflip), ("--vflip", self.vflip)):
+            if not 0 <= p <= 1:
+                raise NervesegError(f"{name} {p}: a probability must be in [0, 1]")
+        return AugmentConfig(self.hflip, self.vflip, parse_amount(self.rotate, "--rotate"),
+                             parse_amount(self.scale, "--scale"),
+                             parse_amount(self.brightness, "--brightness"),
+                             parse_amount(self.noise, "--noise"))
+
+    def model_config(self) -> ModelConfig:
+        """The model part of the options. Architectures without an smp encoder store encoder
+        ``none``; asking them for another encoder than the default is an error."""
+        from nerveseg_cli.models import EXTRA_OPTIONS, ModelConfig, arch_spec
+
+        extra = {key: getattr(self, key) for key in EXTRA_OPTIONS
+                 if getattr(self, key) is not None}
+        encoder = self.encoder
+        if not arch_spec(self.arch).encoder:
+            check_encoder_applies(self.arch, encoder, encoder not in (DEFAULTS.encoder, "none", ""))
+            encoder = "none"
+        return ModelConfig(self.arch, encoder, self.encoder_weights, self.in_channels,
+                           self.decoder_attention, self.presence_head, extra or None)
+
+
+DEFAULTS = TrainOptions()
+# Defaults that a recipe may leave unset and the command line shows as "recipe, else X".
+VALIDATION_DEFAULTS = {"threshold": DEFAULTS.threshold, "min_area": DEFAULTS.min_area}
+
+
+def check_encoder_applies(arch: str, encoder: str, asked: bool) -> None:
+    """An encoder asked for (on the command line, in a recipe, or other than the default) on an
+    architecture that has its own encoder is an error."""
+    from nerveseg_cli.models import arch_spec
+
+    if asked and not arch_spec(arch).encoder:
+        raise NervesegError(f"--encoder {encoder} does not apply to --arch {arch} (it has its "
+                            "own encoder; see docs/models.md)")
+
+
+def compare_for_resume(saved: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
+    """Keys whose values differ between a saved run's options and the requested ones."""
+    return sorted(k for k in wanted if k not in RUNTIME_KEYS and k in saved
+                  and saved[k] != wanted[k])
+
+
+@dataclass(frozen=True)
+class ResolvedTraining:
+    """What ``train`` runs with: the options, and the recipe's prediction defaults (None
+    without a recipe) for config.json."""
+
+    options: TrainOptions
+    inference: dict[str, Any] | None = None
+
+
+def resolve_train_options(given: Mapping[str, Any], explicit: Collection[str] = (), *,
+                          recipe: str | None = None, config_file: str | Path | None = None,
+                          resume: str | Path | None = None) -> ResolvedTraining:
+    """Combine the sources of train options, highest first: the ``explicit`` keys of ``given``
+    (typed by the user), the recipe (``recipe`` name or ``config_file``), the run being resumed,
+    then ``given``'s other values (the defaults). ``threshold`` and ``min_area`` given as None
+    mean "the recipe's, else the default". Used by the CLI, ``demo`` and ``--resume``."""
+    values = {**DEFAULTS.to_dict(), **given}
+    explicit = set(explicit)
+    inference = None
+    if recipe is not None or config_file is not None:
+        chosen = _recipe(recipe, config_file, resume)
+        from nerveseg_cli.recipes import merge_recipe
+
+        values = merge_recipe(values, chosen, explicit)
+        inference = chosen.inference()
+        explicit |= set(chosen.train)
+    for key, default in VALIDATION_DEFAULTS.items():
+        values[key] = default if values[key] is None else values[key]
+    check_encoder_applies(values["arch"], values["encoder"], "encoder" in explicit)
+    if resume is not None:
+        from nerveseg_cli.runs import read_config
+
+        saved = read_config(resume).training
+        # Options given explicitly must match the run (train() says if not); the rest come
+        # from the run.
+        values = {k: (values[k] if k in explicit else saved.get(k, values[k])) for k in values}
+    return ResolvedTraining(TrainOptions.from_dict(values), inference)
+
+
+def _recipe(name: str | None, config_file: str | Path | None,
+            resume: str | Path | None) -> Any:
+    from nerveseg_cli.recipes import load_recipe, read_recipe_file
+
+    if name is not None and config_file is not None:
+        raise NervesegError("--recipe and --config exclude each other")
+    if resume is not None:
+        raise NervesegError("--resume takes the options of the run; leave out --recipe and "
+                            "--config")
+    return load_recipe(name) if name is not None else read_recipe_file(config_file)

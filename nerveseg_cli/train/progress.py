@@ -1,0 +1,82 @@
+"""What a run reports: one record per epoch, the one progress interface (:class:`Reporter`),
+and the log, CSV and plot made from the records."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+METRICS_COLUMNS = ("epoch", "lr", "train_loss", "val_loss", "val_dice",
+                   "val_presence_accuracy", "seconds")
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    lr: float
+    train_loss: float
+    val_loss: float
+    val_dice: float
+    val_presence_accuracy: float
+    seconds: float
+
+
+class Reporter:
+    """Progress callbacks of a run; the CLI prints them with rich, ``demo`` as its own lines.
+
+    ``epoch_end`` runs after the epoch's checkpoint is written, so a reporter that raises
+    (Ctrl-C, a test simulating a crash) leaves a resumable run."""
+
+    def stage(self, text: str) -> None: ...
+
+    def epoch_start(self, epoch: int, epochs: int, steps: int) -> None: ...
+
+    def step(self) -> None: ...
+
+    def epoch_end(self, record: EpochRecord, best: bool) -> None: ...
+
+
+def format_record(record: EpochRecord, best: bool) -> str:
+    """One log line per epoch."""
+    text = (f"epoch {record.epoch:3d}  lr {record.lr:.2e}  train loss {record.train_loss:.4f}  "
+            f"val loss {record.val_loss:.4f}  val dice {record.val_dice:.4f}")
+    if record.val_presence_accuracy == record.val_presence_accuracy:
+        text += f"  presence acc {record.val_presence_accuracy:.3f}"
+    return text + f"  {record.seconds:.1f}s" + ("  *best" if best else "")
+
+
+def metrics_csv(history: list[EpochRecord]) -> str:
+    lines = [",".join(METRICS_COLUMNS)]
+    for r in history:
+        lines.append(f"{r.epoch},{r.lr:.6g},{r.train_loss:.6f},{r.val_loss:.6f},"
+                     f"{r.val_dice:.6f},{r.val_presence_accuracy:.6f},{r.seconds:.3f}")
+    return "\n".join(lines) + "\n"
+
+
+def plot_metrics(history: list[EpochRecord], path: Path) -> None:
+    """Loss and Dice curves (matplotlib, headless)."""
+    if not history:
+        return
+    import matplotlib
+
+    from nerveseg_cli.io.outputs import atomic_write_bytes
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r.epoch for r in history]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(epochs, [r.train_loss for r in history], label="train loss")
+    left.plot(epochs, [r.val_loss for r in history], label="validation loss")
+    left.set_xlabel("epoch")
+    left.legend()
+    right.plot(epochs, [r.val_dice for r in history], label="validation mean Dice",
+               color="tab:green")
+    right.set_xlabel("epoch")
+    right.legend()
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=80)
+    plt.close(figure)
+    atomic_write_bytes(path, buffer.getvalue())

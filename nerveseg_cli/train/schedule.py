@@ -1,0 +1,56 @@
+"""The optimizer and the learning-rate schedule of a run (pure functions of its options)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+
+from nerveseg_cli.errors import NervesegError
+from nerveseg_cli.train.options import TrainOptions
+
+OPTIMIZERS = ("adamw", "adam", "sgd", "rmsprop")
+SCHEDULERS = ("cosine", "step", "poly", "none")
+
+
+def make_optimizer(options: TrainOptions,
+                   params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    name = options.optimizer
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=options.lr, weight_decay=options.weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=options.lr, weight_decay=options.weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=options.lr, momentum=options.momentum,
+                               weight_decay=options.weight_decay, nesterov=options.momentum > 0)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=options.lr, momentum=options.momentum,
+                                   weight_decay=options.weight_decay)
+    raise NervesegError(f"--optimizer {name!r}: use {', '.join(OPTIMIZERS[:-1])} or rmsprop")
+
+
+def lr_factor(options: TrainOptions, step: int, steps_per_epoch: int) -> float:
+    """Learning-rate multiplier after ``step`` optimizer steps: linear warm-up, then the
+    schedule over the remaining steps (step decay counts whole epochs)."""
+    total = max(1, options.epochs * steps_per_epoch)
+    warmup = int(round(options.warmup_epochs * steps_per_epoch))
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if options.scheduler == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    if options.scheduler == "poly":
+        return (1 - progress) ** options.poly_power
+    if options.scheduler == "step":
+        return options.step_gamma ** (step // steps_per_epoch)
+    if options.scheduler == "none":
+        return 1.0
+    raise NervesegError(f"--scheduler {options.scheduler!r}: use cosine, step, poly or none")
+
+
+def make_scheduler(options: TrainOptions, optimizer: torch.optim.Optimizer,
+                   steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-step scheduler applying :func:`lr_factor`."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(options, step, steps_per_epoch))

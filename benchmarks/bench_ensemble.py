@@ -31,6 +31,7 @@ from _common import kaggle_dir, report  # noqa: E402
 
 from nerveseg_cli.ensemble import ensemble  # noqa: E402
 from nerveseg_cli.io.parallel import thread_map  # noqa: E402
+from nerveseg_cli.merging import MergeRule  # noqa: E402
 from nerveseg_cli.probmaps import read_probability_values, write_probability  # noqa: E402
 from nerveseg_cli.rle import parse_table, read_rle_csv, runs_to_mask  # noqa: E402
 
@@ -109,8 +110,8 @@ def main() -> None:
             ours = plain = float("inf")
             for _ in range(args.repeats):  # alternate, keep the best of each
                 start = time.perf_counter()
-                ensemble(members, tmp / f"out_{method}", method=method, workers=args.workers,
-                         overwrite=True)
+                ensemble(members, tmp / f"out_{method}", MergeRule(method),
+                         workers=args.workers, overwrite=True)
                 ours = min(ours, time.perf_counter() - start)
                 start = time.perf_counter()
                 for sample_id in ids:

@@ -21,6 +21,8 @@ Conventions chosen here (the seed leaves them open):
   tied groups alike instead of picking one arbitrarily.
 
 ``predict``'s TTA merge and ``ensemble --method asme`` both call these functions.
+
+Seed numbers ("seed 003") refer to the papers listed in docs/models.md, "The seed papers".
 """
 
 from __future__ import annotations

@@ -32,6 +32,8 @@ Defaults, and why (580x420 ultrasound, nerve about 60-120 px across):
 
 Seed 004's setting (θα=5, θβ=0.01, θγ=1, 10 iterations) is ``--sxy-bilateral 5 --schan 0.01
 --sxy-gaussian 1 --iterations 10``.
+
+Seed numbers ("seed 003") refer to the papers listed in docs/models.md, "The seed papers".
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from nerveseg_cli.drawing import draw_outline
 from nerveseg_cli.errors import NervesegError
 from nerveseg_cli.groups import linked_components
 from nerveseg_cli.io.datasets import Sample, discover_with_columns, write_manifest
@@ -420,7 +421,8 @@ def dedupe(images: str | Path, *, scope: str = "subject",
     """``nerveseg dedupe``: find duplicate pairs and groups, judge their masks, apply a policy.
 
     ``use_masks=False`` finds exact and near duplicates only (nothing conflicts, nothing is
-    dropped), for image sets without masks.
+    dropped), for image sets without masks. (Keyword options, one per ``nerveseg dedupe``
+    flag, as every command's function has.)
     """
     if scope not in SCOPES:
         raise NervesegError(f"--scope {scope!r} is not one of {', '.join(SCOPES)}")
@@ -525,9 +527,7 @@ def _tile(image: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int]) -> 
     tile = cv2.cvtColor(cv2.resize(image, size, interpolation=cv2.INTER_AREA),
                         cv2.COLOR_GRAY2BGR)
     small_mask = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
-    contours, _ = cv2.findContours(small_mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    cv2.drawContours(tile, contours, -1, colour, 1)
-    return tile
+    return draw_outline(tile, small_mask, colour)
 
 
 def montage(result: DedupeResult, max_pairs: int = DEFAULT_MONTAGE_PAIRS,

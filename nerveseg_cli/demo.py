@@ -31,6 +31,7 @@ from nerveseg_cli.ensemble import ensemble
 from nerveseg_cli.errors import NervesegError
 from nerveseg_cli.io.images import parse_size
 from nerveseg_cli.io.outputs import atomic_write_text, prepare_output_dir
+from nerveseg_cli.merging import MergeRule
 from nerveseg_cli.postprocess import write_postprocess
 from nerveseg_cli.predict import PredictOptions, predict
 from nerveseg_cli.rle import EncodeResult, encode_folder
@@ -256,7 +257,7 @@ class _Demo:
         with self.step("ensemble", "ensemble", *self.test_maps, "--method", "asme", "--out",
                        self.test_ensemble, note="ASME: per image, each fold weighted by its "
                        "agreement with the others"):
-            ensemble(self.test_maps, self.test_ensemble, method="asme")
+            ensemble(self.test_maps, self.test_ensemble, MergeRule("asme"))
         with self.step("crf out-of-fold", "crf", self.oof, self.folds, "--out", self.oof_crf,
                        note="the CRF on the out-of-fold maps too, to score whether it helps"):
             crf(self.oof, self.folds, self.oof_crf)

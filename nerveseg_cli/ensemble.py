@@ -17,16 +17,15 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from nerveseg_cli.asme import DEFAULT_BASE
 from nerveseg_cli.errors import NervesegError, warn
 from nerveseg_cli.io.datasets import sort_ids
 from nerveseg_cli.io.outputs import atomic_write_text, prepare_output_dir
 from nerveseg_cli.io.parallel import thread_map
-from nerveseg_cli.merging import METHODS, merge_presence, merge_stack, normalise_weights
-from nerveseg_cli.postprocess import threshold_level
+from nerveseg_cli.merging import MEAN, MergeRule, merge_presence, merge_stack, normalise_weights
 from nerveseg_cli.probmaps import (
     PRESENCE_CSV,
     ProbabilityFolder,
@@ -116,12 +115,11 @@ class EnsembleResult:
     mean_weights: list[float] | None = None  # asme: each member's mean weight over images
 
 
-def ensemble(members: Sequence[str | Path], out: str | Path, *, method: str = "mean",
-             weights: Sequence[float] | None = None, threshold: float | None = None,
-             asme_base: float = DEFAULT_BASE, allow_missing: bool = False,
-             overwrite: bool = False, workers: int = 4,
+def ensemble(members: Sequence[str | Path], out: str | Path, rule: MergeRule = MEAN, *,
+             allow_missing: bool = False, overwrite: bool = False, workers: int = 4,
              progress: Callable[[int], None] | None = None) -> EnsembleResult:
-    """``nerveseg ensemble``: merge probability folders into one probability folder.
+    """``nerveseg ensemble``: merge probability folders into one probability folder by
+    ``rule``.
 
     Writes ``OUT/ID.png`` per id, ``presence.csv`` when members have one, ``weights.csv`` for
     asme (``id`` then one column per member, empty where a member lacks the id), and
@@ -129,8 +127,31 @@ def ensemble(members: Sequence[str | Path], out: str | Path, *, method: str = "m
     """
     paths = [Path(m) for m in members]
     out = Path(out)
-    if method not in METHODS:
-        raise NervesegError(f"--method {method!r} is not one of {', '.join(METHODS)}")
+    _check_member_paths(paths)
+    rule.validate(len(paths))
+    _check_out(out, paths)
+    folders = [read_probability_folder(p) for p in paths]
+    ids = check_members(folders, allow_missing)
+    _warn_partial_presence(folders)
+    out = prepare_output_dir(out, overwrite)
+    merger = _Merger(folders, rule, out, progress)
+    results = list(thread_map(merger.merge_one, ids, workers))
+    weight_table = np.stack([r[0] for r in results])
+    partial = [i for i, row in zip(ids, weight_table, strict=True) if np.isnan(row).any()]
+    presence_written = _write_merged_presence(out, ids, [r[1] for r in results], folders)
+    mean_weights = None
+    if rule.method == "asme":
+        atomic_write_text(out / WEIGHTS_CSV, format_weights(ids, paths, weight_table))
+        mean_weights = [float(w) for w in np.nanmean(weight_table, axis=0)]
+    write_prediction_json(out, "ensemble", {"members": [str(p) for p in paths]},
+                          _options_record(rule, allow_missing),
+                          upstream=[f.prediction for f in folders],
+                          extra={"images": len(ids), "partial_ids": len(partial)})
+    return EnsembleResult(out, rule.method, paths, ids, partial, presence_written,
+                          mean_weights)
+
+
+def _check_member_paths(paths: Sequence[Path]) -> None:
     if len(paths) < 2:
         raise NervesegError("ensemble needs at least two probability folders")
     seen: dict[Path, Path] = {}
@@ -140,78 +161,70 @@ def ensemble(members: Sequence[str | Path], out: str | Path, *, method: str = "m
             raise NervesegError(f"{path}: folder given twice (as {seen[key]}); use --method "
                                 "weighted to weight a member more")
         seen[key] = path
-    if weights is not None and method != "weighted":
-        raise NervesegError("--weights is only used with --method weighted")
-    if method == "weighted":
-        if weights is None:
-            raise NervesegError("--method weighted needs --weights w1,w2,... (one per folder)")
-        if len(weights) != len(paths):
-            raise NervesegError(f"--weights has {len(weights)} values for {len(paths)} folders")
-        normalise_weights(weights)
-    threshold = 0.5 if threshold is None else threshold
-    threshold_level(threshold)
-    if not (np.isfinite(asme_base) and asme_base > 0):
-        raise NervesegError(f"--asme-base {asme_base} must be a positive number")
-    _check_out(out, paths)
 
-    folders = [read_probability_folder(p) for p in paths]
-    ids = check_members(folders, allow_missing)
-    with_presence = [k for k, f in enumerate(folders) if f.presence is not None]
-    if with_presence and len(with_presence) < len(folders):
-        lacking = [str(folders[k].path) for k in range(len(folders)) if k not in with_presence]
-        warn(f"presence.csv merged from {len(with_presence)} of {len(folders)} folders "
-             f"(none in {', '.join(lacking)})")
-    out = prepare_output_dir(out, overwrite)
-    member_weights = None if weights is None else np.asarray(weights, dtype=np.float64)
 
-    def merge_one(sample_id: str) -> tuple[np.ndarray, float | None]:
+def _warn_partial_presence(folders: Sequence[ProbabilityFolder]) -> None:
+    lacking = [str(f.path) for f in folders if f.presence is None]
+    if lacking and len(lacking) < len(folders):
+        warn(f"presence.csv merged from {len(folders) - len(lacking)} of {len(folders)} "
+             f"folders (none in {', '.join(lacking)})")
+
+
+class _Merger:
+    """Merges one id's maps (in a worker thread) and writes the result."""
+
+    def __init__(self, folders: Sequence[ProbabilityFolder], rule: MergeRule, out: Path,
+                 progress: Callable[[int], None] | None) -> None:
+        self.folders, self.rule, self.out, self.progress = folders, rule, out, progress
+        self.weights = None if rule.weights is None else np.asarray(rule.weights, np.float64)
+
+    def merge_one(self, sample_id: str) -> tuple[np.ndarray, float | None]:
+        """(each member's weight, NaN where it lacks the id; the merged presence or None)."""
+        folders, rule = self.folders, self.rule
         present = [k for k, f in enumerate(folders) if sample_id in f.files]
         shape = folders[present[0]].sizes[sample_id]
         stack = np.stack([read_probability_values(folders[k].files[sample_id], shape)
                           for k in present])
-        subset = None if member_weights is None else member_weights[present]
+        subset = None if self.weights is None else self.weights[present]
         if subset is not None and subset.sum() <= 0:
             raise NervesegError(f"{sample_id}: every folder holding it has weight 0")
-        merged, used = merge_stack(stack, method, weights=subset, threshold=threshold,
-                                   base=asme_base)
-        write_probability(out / f"{sample_id}.png", merged)
+        merged, used = merge_stack(stack, rule.method, weights=subset,
+                                   threshold=rule.threshold, base=rule.base)
+        write_probability(self.out / f"{sample_id}.png", merged)
         full = np.full(len(folders), np.nan)
         full[present] = used
         presence = None
         holders = [k for k in present if folders[k].presence is not None]
         if holders:
             values = np.array([folders[k].presence[sample_id] for k in holders])
-            presence = merge_presence(values, method, full[holders], threshold)
-        if progress:
-            progress(1)
+            presence = merge_presence(values, rule.method, full[holders], rule.threshold)
+        if self.progress:
+            self.progress(1)
         return full, presence
 
-    results = list(thread_map(merge_one, ids, workers))
-    weight_table = np.stack([r[0] for r in results])
-    partial = [i for i, row in zip(ids, weight_table, strict=True) if np.isnan(row).any()]
-    presence_written = bool(with_presence)
-    if presence_written:
-        without = [i for i, r in zip(ids, results, strict=True) if r[1] is None]
-        if without:  # only with --allow-missing: ids held only by folders without presence
-            warn(f"presence.csv not written: {len(without)} ids have no presence in any folder "
-                 f"(first: {', '.join(without[:5])})")
-            presence_written = False
-        else:
-            write_presence(out / PRESENCE_CSV, {i: r[1] for i, r in zip(ids, results,
-                                                                         strict=True)})
-    mean_weights = None
-    if method == "asme":
-        atomic_write_text(out / WEIGHTS_CSV, format_weights(ids, paths, weight_table))
-        mean_weights = [float(w) for w in np.nanmean(weight_table, axis=0)]
-    options = {"method": method, "threshold": threshold, "allow_missing": allow_missing}
-    if method == "weighted":
-        options["weights"] = [float(w) for w in weights or ()]
-    if method == "asme":
-        options["asme_base"] = asme_base
-    write_prediction_json(out, "ensemble", {"members": [str(p) for p in paths]}, options,
-                          upstream=[f.prediction for f in folders],
-                          extra={"images": len(ids), "partial_ids": len(partial)})
-    return EnsembleResult(out, method, paths, ids, partial, presence_written, mean_weights)
+
+def _write_merged_presence(out: Path, ids: Sequence[str], merged: Sequence[float | None],
+                           folders: Sequence[ProbabilityFolder]) -> bool:
+    """Write presence.csv when some member has one and every id got a presence."""
+    if all(f.presence is None for f in folders):
+        return False
+    without = [i for i, value in zip(ids, merged, strict=True) if value is None]
+    if without:  # only with --allow-missing: ids held only by folders without presence
+        warn(f"presence.csv not written: {len(without)} ids have no presence in any folder "
+             f"(first: {', '.join(without[:5])})")
+        return False
+    write_presence(out / PRESENCE_CSV, dict(zip(ids, merged, strict=True)))
+    return True
+
+
+def _options_record(rule: MergeRule, allow_missing: bool) -> dict[str, Any]:
+    options: dict[str, Any] = {"method": rule.method, "threshold": rule.threshold,
+                               "allow_missing": allow_missing}
+    if rule.method == "weighted":
+        options["weights"] = [float(w) for w in rule.weights or ()]
+    if rule.method == "asme":
+        options["asme_base"] = rule.base
+    return options
 
 
 def format_weights(ids: Sequence[str], members: Sequence[Path], table: np.ndarray) -> str:

@@ -12,16 +12,20 @@ maps p_1..p_N of one image:
 
 Stacks are uint8 map values (``ensemble`` reads them from files) or float probabilities
 (``predict``'s network outputs).
+
+Seed numbers ("seed 003") refer to the papers listed in docs/models.md, "The seed papers".
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from nerveseg_cli.asme import DEFAULT_BASE, asme_merge, binarise, weighted_probability
 from nerveseg_cli.errors import NervesegError
+from nerveseg_cli.postprocess import threshold_level
 
 METHODS = ("mean", "weighted", "vote", "asme")
 
@@ -74,6 +78,36 @@ def merge_stack(stack: np.ndarray, method: str, *, weights: Sequence[float] | No
     raise NervesegError(f"method {method!r} is not one of {', '.join(METHODS)}")
 
 
+@dataclass(frozen=True)
+class MergeRule:
+    """How to merge: the method and what it needs (weights for ``weighted``, the threshold
+    that binarises members for ``vote`` and ``asme``, the ASME base)."""
+
+    method: str = "mean"
+    weights: Sequence[float] | None = None
+    threshold: float = 0.5
+    base: float = DEFAULT_BASE
+
+    def validate(self, members: int) -> MergeRule:
+        """Check the rule for ``members`` maps per image."""
+        if self.method not in METHODS:
+            raise NervesegError(f"--method {self.method!r} is not one of {', '.join(METHODS)}")
+        if self.weights is not None and self.method != "weighted":
+            raise NervesegError("--weights is only used with --method weighted")
+        if self.method == "weighted":
+            if self.weights is None:
+                raise NervesegError("--method weighted needs --weights w1,w2,... (one per "
+                                    "folder)")
+            if len(self.weights) != members:
+                raise NervesegError(f"--weights has {len(self.weights)} values for {members} "
+                                    "folders")
+            normalise_weights(self.weights)
+        threshold_level(self.threshold)
+        if not (np.isfinite(self.base) and self.base > 0):
+            raise NervesegError(f"--asme-base {self.base} must be a positive number")
+        return self
+
+
 def merge_presence(values: np.ndarray, method: str, weights: np.ndarray,
                    threshold: float) -> float:
     """Merge members' presence probabilities with the same rule as the maps."""
@@ -82,3 +116,6 @@ def merge_presence(values: np.ndarray, method: str, weights: np.ndarray,
     if method == "mean":
         return float(values.mean())
     return float(np.dot(weights / weights.sum(), values))
+
+
+MEAN = MergeRule()  # the default rule

@@ -1,4 +1,4 @@
-"""Probability folders (DESIGN.md): strict reading, atomic writing, presence and provenance.
+"""Probability folders (docs/formats.md): strict reading, atomic writing, presence and provenance.
 
 A probability folder holds
 
@@ -117,11 +117,6 @@ def read_probability_values(path: str | Path,
         raise NervesegError(f"{path}: map is {values.shape[1]}x{values.shape[0]}, expected "
                             f"{shape[1]}x{shape[0]}")
     return values
-
-
-def read_probability(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray:
-    """Decode a probability PNG as float32 probabilities in [0, 1] (value / 255)."""
-    return read_probability_values(path, shape).astype(np.float32) / np.float32(255)
 
 
 def list_probability_files(folder: Path) -> dict[str, Path]:

@@ -179,13 +179,6 @@ def parse_table(table: RleTable, size: tuple[int, int]) -> dict[str, tuple[np.nd
     return runs
 
 
-def decode_table(table: RleTable, size: tuple[int, int]) -> dict[str, np.ndarray]:
-    """Decode every row of a table into (H, W) bool masks (all held in memory)."""
-    width, height = size
-    return {i: runs_to_mask(starts, lengths, height, width)
-            for i, (starts, lengths) in parse_table(table, size).items()}
-
-
 def format_rle_csv(encoded: dict[str, str], fmt: str, order: Sequence[str] | None = None) -> str:
     """Render id -> RLE as CSV text; rows in numeric id order unless ``order`` is given."""
     ids = list(order) if order is not None else sort_ids(encoded)
@@ -242,7 +235,10 @@ def encode_folder(source: str | Path, out: str | Path, *, fmt: str = SUBMISSION,
                   size: tuple[int, int] = (580, 420), overwrite: bool = False,
                   presence_threshold: float | None = None,
                   presence_from: str | Path | None = None, workers: int = 4) -> EncodeResult:
-    """``nerveseg rle-encode``: masks or probability maps -> a Kaggle CSV."""
+    """``nerveseg rle-encode``: masks or probability maps -> a Kaggle CSV.
+
+    (Keyword options, one per ``nerveseg rle-encode`` flag, as every command's function has.)
+    """
     if fmt not in HEADERS:
         raise NervesegError(f"format {fmt!r} is not one of {', '.join(HEADERS)}")
     out = check_output_file(out, overwrite)

@@ -1,4 +1,4 @@
-"""Run folders: what ``train`` writes and ``predict`` reads (DESIGN.md, docs/formats.md).
+"""Run folders: what ``train`` writes and ``predict`` reads (docs/formats.md).
 
 A run folder is safe to load from an untrusted source: configuration is JSON, weights are
 safetensors, and the resumable state is read with ``torch.load(weights_only=True)``.

@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from nerveseg_cli.drawing import overlay
 from nerveseg_cli.errors import NervesegError, warn
 from nerveseg_cli.io.datasets import discover_images, sort_ids
 from nerveseg_cli.io.images import MaskReader, read_image
@@ -273,7 +274,9 @@ def score(pred: str | Path, gt: str | Path, *, threshold: float | None = None,
           sweep_thresholds: str | None = None, sweep_min_areas: str | None = None,
           presence_threshold: float | None = None, presence_from: str | Path | None = None,
           workers: int = 4, progress: Callable[[int], None] | None = None) -> ScoreReport:
-    """``nerveseg score``: compare a prediction set with ground truth, image by image."""
+    """``nerveseg score``: compare a prediction set with ground truth, image by image.
+
+    (Keyword options, one per ``nerveseg score`` flag, as every command's function has.)"""
     post = resolve_postprocess(threshold, min_area, postprocess)
     pred_source = open_source(pred, size, subject_regex)
     pred_source.gate_by_presence(presence_threshold, presence_from)
@@ -359,27 +362,13 @@ def sweep_csv(result: Sweep) -> str:
     return "\n".join(lines) + "\n"
 
 
-OVERLAY_COLOURS = {"gt": (0, 0, 255), "pred": (0, 255, 0), "both": (0, 255, 255)}  # BGR
-
-
-def overlay(image: np.ndarray, truth: np.ndarray, pred: np.ndarray,
-            alpha: float = 0.45) -> np.ndarray:
-    """Grayscale image with ground truth red, prediction green, overlap yellow (BGR)."""
-    canvas = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR).astype(np.float32)
-    for key, region in (("gt", truth & ~pred), ("pred", pred & ~truth), ("both", truth & pred)):
-        canvas[region] = (1 - alpha) * canvas[region] + alpha * np.array(OVERLAY_COLOURS[key])
-    for mask, colour in ((truth, OVERLAY_COLOURS["gt"]), (pred, OVERLAY_COLOURS["pred"])):
-        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL,
-                                       cv2.CHAIN_APPROX_NONE)
-        cv2.drawContours(canvas, contours, -1, colour, 1)
-    return canvas.round().astype(np.uint8)
-
-
 def write_overlays(report: ScoreReport, pred: str | Path, gt: str | Path,
                    images: str | Path, out: str | Path, *, worst: int | None = None,
                    size: tuple[int, int] = (580, 420), label: int | None = None,
                    overwrite: bool = False, workers: int = 4) -> list[Path]:
-    """Overlay PNGs (``RANK_ID.png``, worst first) for the ``worst`` lowest-Dice images."""
+    """Overlay PNGs (``RANK_ID.png``, worst first) for the ``worst`` lowest-Dice images.
+
+    (The inputs of the score, and ``score --overlays``'s options.)"""
     image_files = {s.id: s.image for s in discover_images(images)}
     order = np.lexsort((np.arange(len(report.ids)), report.dice))
     chosen = [report.ids[i] for i in order[: worst if worst is not None else len(order)]]

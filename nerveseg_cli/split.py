@@ -329,7 +329,9 @@ def split(images: str | Path, *, folds: int = 5, holdout: float | None = None,
           group: str = "subject", balance: str | tuple[float, float] | None = None,
           seed: int = 0, subject_regex: str | None = None, label: int | None = None,
           workers: int = 4, progress: Callable[[int], None] | None = None) -> SplitResult:
-    """``nerveseg split``: assign every image a fold (module docstring); nothing is written."""
+    """``nerveseg split``: assign every image a fold (module docstring); nothing is written.
+
+    (Keyword options, one per ``nerveseg split`` flag, as every command's function has.)"""
     if group not in GROUPINGS:
         raise NervesegError(f"--group {group!r} is not one of {', '.join(GROUPINGS)}")
     if holdout is not None and not 0.0 < holdout < 1.0:

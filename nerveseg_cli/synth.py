@@ -120,80 +120,100 @@ def _opposite_mask(frames: list[tuple[np.ndarray, np.ndarray]], index: int) -> n
     return mask.astype(bool)
 
 
+# A planted conflict: (source frame index, destination frame index, "exact" or "near", the
+# seed of a near copy's noise).
+Plan = tuple[int, int, str, float]
+
+
 def synth(out: str | Path, *, subjects: int = 6, per_subject: int = 20, test: int = 24,
           size: tuple[int, int] = (580, 420), seed: int = 0, overwrite: bool = False,
           workers: int = 4, progress: Callable[[int], None] | None = None) -> SynthResult:
     """Write ``train/``, ``test/``, ``train_masks.csv``, ``sample_submission.csv`` and
-    ``planted_duplicates.csv`` into ``out``; the same arguments give the same bytes."""
+    ``planted_duplicates.csv`` into ``out``; the same arguments give the same bytes.
+
+    (Nine keyword options, one per ``nerveseg synth`` flag, as every command's function.)"""
     if subjects < 1 or per_subject < 1 or test < 0:
         raise NervesegError("synth needs --subjects >= 1, --per-subject >= 1 and --test >= 0")
     out = prepare_output_dir(out, overwrite)
     (out / "train").mkdir(exist_ok=True)
     (out / "test").mkdir(exist_ok=True)
-    root = np.random.SeedSequence(seed)
-    train_seeds, test_seed, plant_seed = root.spawn(3)
-    test_subjects = max(1, -(-test // per_subject)) if test else 0
-    noise_rng = np.random.default_rng(plant_seed)
-
-    encoded: dict[str, str] = {}
-    planted: list[tuple[str, str, str]] = []
-    positives = 0
-
+    train_seeds, test_seed, plant_seed = np.random.SeedSequence(seed).spawn(3)
     # Plan the planted conflicts first so that rendering can run in threads deterministically.
     subject_seeds = list(enumerate(train_seeds.spawn(subjects), start=1))
-    plans: dict[int, list[tuple[int, int, str, float]]] = {}
-    for number, _ in subject_seeds:
-        if per_subject >= 6:
-            exact_src, near_src = noise_rng.choice(per_subject - 2, size=2, replace=False)
-            plans[number] = [(int(exact_src), per_subject - 2, "exact", 0.0),
-                             (int(near_src), per_subject - 1, "near",
-                              float(noise_rng.integers(0, 2**31)))]
+    plans = _plan_conflicts(subjects, per_subject, np.random.default_rng(plant_seed))
+    encoded: dict[str, str] = {}
+    positives = 0
 
     def make_subject(args: tuple[int, np.random.SeedSequence]) -> tuple[dict[str, str], int]:
         number, subject_seed = args
-        frames = _subject_frames(subject_seed, size, per_subject)
-        for src, dst, kind, noise_seed in plans.get(number, []):
-            image = frames[src][0]
-            if kind == "near":
-                rng = np.random.default_rng(int(noise_seed))
-                image = np.clip(image.astype(np.int16) + rng.integers(-2, 3, image.shape),
-                                0, 255).astype(np.uint8)
-            frames[dst] = (image.copy(), _opposite_mask(frames, src))
-        rows = {}
-        for index, (image, mask) in enumerate(frames, start=1):
-            sample_id = f"{number}_{index}"
-            write_image(out / "train" / f"{sample_id}.tif", image)
-            write_image(out / "train" / f"{sample_id}_mask.tif", mask.astype(np.uint8) * 255)
-            rows[sample_id] = rle_encode(mask)
-            if progress:
-                progress(1)
-        return rows, sum(1 for _, m in frames if m.any())
+        return _write_subject(out / "train", number, subject_seed, size, per_subject,
+                              plans.get(number, []), progress)
 
     for rows, count in thread_map(make_subject, subject_seeds, workers):
         encoded.update(rows)
         positives += count
-    for number, plan in plans.items():
-        for src, dst, kind, _ in plan:
-            planted.append((f"{number}_{src + 1}", f"{number}_{dst + 1}", kind))
-
+    planted = [(f"{number}_{src + 1}", f"{number}_{dst + 1}", kind)
+               for number, plan in plans.items() for src, dst, kind, _ in plan]
     if test:
-        test_frames: list[np.ndarray] = []
-        for subject_seed in test_seed.spawn(test_subjects):
-            test_frames.extend(image for image, _ in
-                               _subject_frames(subject_seed, size, per_subject))
-        order = np.random.default_rng(test_seed.spawn(1)[0]).permutation(len(test_frames))
-        test_frames = [test_frames[i] for i in order[:test]]
-
-        def write_test(item: tuple[int, np.ndarray]) -> None:
-            write_image(out / "test" / f"{item[0]}.tif", item[1])
-            if progress:
-                progress(1)
-
-        list(thread_map(write_test, list(enumerate(test_frames, start=1)), workers))
-
+        _write_test(out / "test", test_seed, size, per_subject, test, workers, progress)
     atomic_write_text(out / "train_masks.csv", format_rle_csv(encoded, "train"))
     atomic_write_text(out / "sample_submission.csv",
                       "img,pixels\n" + "".join(f"{i},1 1\n" for i in range(1, test + 1)))
     atomic_write_text(out / "planted_duplicates.csv", "id_a,id_b,kind\n" + "".join(
         f"{a},{b},{k}\n" for a, b, k in planted))
     return SynthResult(out, len(encoded), positives, test, planted)
+
+
+def _plan_conflicts(subjects: int, per_subject: int,
+                    rng: np.random.Generator) -> dict[int, list[Plan]]:
+    """Per subject with six frames or more: an exact and a near copy of two earlier frames,
+    written as its last two frames with the opposite mask."""
+    plans: dict[int, list[Plan]] = {}
+    if per_subject < 6:
+        return plans
+    for number in range(1, subjects + 1):
+        exact_src, near_src = rng.choice(per_subject - 2, size=2, replace=False)
+        plans[number] = [(int(exact_src), per_subject - 2, "exact", 0.0),
+                         (int(near_src), per_subject - 1, "near", float(rng.integers(0, 2**31)))]
+    return plans
+
+
+def _write_subject(folder: Path, number: int, seed: np.random.SeedSequence,
+                   size: tuple[int, int], count: int, plans: list[Plan],
+                   progress: Callable[[int], None] | None) -> tuple[dict[str, str], int]:
+    """Render and write one subject's frames and masks; (id -> RLE, frames with a nerve)."""
+    frames = _subject_frames(seed, size, count)
+    for src, dst, kind, noise_seed in plans:
+        image = frames[src][0]
+        if kind == "near":
+            rng = np.random.default_rng(int(noise_seed))
+            image = np.clip(image.astype(np.int16) + rng.integers(-2, 3, image.shape),
+                            0, 255).astype(np.uint8)
+        frames[dst] = (image.copy(), _opposite_mask(frames, src))
+    rows = {}
+    for index, (image, mask) in enumerate(frames, start=1):
+        sample_id = f"{number}_{index}"
+        write_image(folder / f"{sample_id}.tif", image)
+        write_image(folder / f"{sample_id}_mask.tif", mask.astype(np.uint8) * 255)
+        rows[sample_id] = rle_encode(mask)
+        if progress:
+            progress(1)
+    return rows, sum(1 for _, m in frames if m.any())
+
+
+def _write_test(folder: Path, seed: np.random.SeedSequence, size: tuple[int, int],
+                per_subject: int, test: int, workers: int,
+                progress: Callable[[int], None] | None) -> None:
+    """``test`` frames drawn from fresh subjects, shuffled, numbered 1..test."""
+    frames: list[np.ndarray] = []
+    for subject_seed in seed.spawn(max(1, -(-test // per_subject))):
+        frames.extend(image for image, _ in _subject_frames(subject_seed, size, per_subject))
+    order = np.random.default_rng(seed.spawn(1)[0]).permutation(len(frames))
+    frames = [frames[i] for i in order[:test]]
+
+    def write(item: tuple[int, np.ndarray]) -> None:
+        write_image(folder / f"{item[0]}.tif", item[1])
+        if progress:
+            progress(1)
+
+    list(thread_map(write, list(enumerate(frames, start=1)), workers))

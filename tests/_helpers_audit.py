@@ -7,12 +7,12 @@ import hashlib
 from pathlib import Path
 
 from nerveseg_cli.synth import synth
-from tests.conftest import assert_one_line_error, run_cli
+from tests.conftest import CliResult, assert_one_line_error, run_cli
 
 nerveseg = run_cli
 
 
-def assert_bad_input(result, *fragments: str) -> None:  # noqa: ANN001
+def assert_bad_input(result: CliResult, *fragments: str) -> None:
     """Exit code 2 and nothing on stderr but one ``error:`` line mentioning each fragment."""
     assert_one_line_error(result, *fragments)
     assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1, \

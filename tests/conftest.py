@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +63,21 @@ def one_torch_thread() -> None:
 @pytest.fixture
 def cli():
     return run_cli
+
+
+def synth_with_folds(root: Path, *, subjects: int, per_subject: int, test: int,
+                     size: tuple[int, int], seed: int,
+                     fold_of: Callable[[int], int] = lambda subject: subject - 1) -> Path:
+    """A synth set in ``root/data`` and ``root/manifest.csv`` of its training images with a
+    fold column, ``fold_of(subject number)``; returns the manifest."""
+    from nerveseg_cli.io.datasets import discover_images, write_manifest
+
+    synth(root / "data", subjects=subjects, per_subject=per_subject, test=test, size=size,
+          seed=seed)
+    samples = discover_images(root / "data" / "train")
+    path = root / "manifest.csv"
+    write_manifest(path, samples, extra={"fold": [fold_of(int(s.subject)) for s in samples]})
+    return path
 
 
 @pytest.fixture(scope="session")

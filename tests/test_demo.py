@@ -33,7 +33,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, CliResult, dic
     return out, result, json.loads((out / MARKER).read_text())
 
 
-def test_prints_every_step_in_order_and_the_verdict(demo) -> None:  # noqa: ANN001
+def test_prints_every_step_in_order_and_the_verdict(demo: tuple[Path, CliResult, dict]) -> None:
     out, result, record = demo
     positions = [result.stderr.find(step) for step in STEPS]
     assert -1 not in positions, [s for s, p in zip(STEPS, positions, strict=True) if p < 0]
@@ -46,7 +46,7 @@ def test_prints_every_step_in_order_and_the_verdict(demo) -> None:  # noqa: ANN0
     assert record["complete"] and record["beats_empty"]
 
 
-def test_scores_come_from_the_files_and_beat_all_empty(demo) -> None:  # noqa: ANN001
+def test_scores_come_from_the_files_and_beat_all_empty(demo: tuple[Path, CliResult, dict]) -> None:
     """Every figure of the table can be recomputed from what the demo left in OUT."""
     from nerveseg_cli.score import score
 
@@ -67,7 +67,7 @@ def test_scores_come_from_the_files_and_beat_all_empty(demo) -> None:  # noqa: A
         assert metrics["train_loss"].iloc[-1] < metrics["train_loss"].iloc[0]
 
 
-def test_every_intermediate_file_is_left_in_out(demo) -> None:  # noqa: ANN001
+def test_every_intermediate_file_is_left_in_out(demo: tuple[Path, CliResult, dict]) -> None:
     out, _, _ = demo
     ids = pd.read_csv(out / "folds.csv", dtype={"id": str})["id"]
     for path in ("data/train", "data/sample_submission.csv", "dedupe/manifest.csv",
@@ -85,7 +85,8 @@ def test_every_intermediate_file_is_left_in_out(demo) -> None:  # noqa: ANN001
     assert config["training"]["encoder_weights"] == "none"
 
 
-def test_the_printed_commands_redo_the_steps(demo, tmp_path: Path) -> None:  # noqa: ANN001
+def test_the_printed_commands_redo_the_steps(demo: tuple[Path, CliResult, dict],
+                                          tmp_path: Path) -> None:
     """Copying the printed rle-encode and score lines gives the demo's own files."""
     out, result, _ = demo
     lines = [line for line in result.stderr.splitlines() if line.startswith("nerveseg ")]

@@ -30,8 +30,11 @@ def run_script(out: Path, **env: str) -> subprocess.CompletedProcess:
                           text=True, timeout=600, cwd=out.parent)
 
 
+Smoke = tuple[Path, subprocess.CompletedProcess]
+
+
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> Smoke:
     """One SMOKE run with the CRF, folds in parallel as on two GPUs (CUDA_VISIBLE_DEVICES=0,1:
     on a machine without them, each process falls back to the CPU)."""
     out = tmp_path_factory.mktemp("kaggle") / "work"
@@ -40,7 +43,7 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.Co
     return out, done
 
 
-def test_smoke_run_writes_a_submission_in_sample_order(smoke) -> None:  # noqa: ANN001
+def test_smoke_run_writes_a_submission_in_sample_order(smoke: Smoke) -> None:
     out, done = smoke
     submission = pd.read_csv(out / "submission.csv", dtype=str, keep_default_na=False)
     sample = pd.read_csv(out / "synth" / "sample_submission.csv", dtype=str,
@@ -51,7 +54,7 @@ def test_smoke_run_writes_a_submission_in_sample_order(smoke) -> None:  # noqa: 
     assert "pass --label" not in done.stderr  # probability maps are no label maps
 
 
-def test_smoke_run_leaves_every_step_behind(smoke) -> None:  # noqa: ANN001
+def test_smoke_run_leaves_every_step_behind(smoke: Smoke) -> None:
     out, _ = smoke
     folds = pd.read_csv(out / "folds.csv", dtype={"id": str})
     assert sorted(folds["fold"].unique()) == [0, 1]

@@ -19,13 +19,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from nerveseg_cli.geometry import Geometry
-from nerveseg_cli.io.datasets import discover_images, write_manifest
 from nerveseg_cli.models import ModelConfig, SegmentationNet, build_model, count_parameters
 from nerveseg_cli.models.blocks import SharpenSkip
 from nerveseg_cli.models.unet_family import SIZE_MULTIPLE, UNetSkeleton
 from nerveseg_cli.runs import BEST, RunConfig, load_run, save_weights, write_config
 from nerveseg_cli.train.data import choose_geometry
-from tests.conftest import assert_one_line_error, run_cli
+from tests.conftest import assert_one_line_error, run_cli, synth_with_folds
 
 KAGGLE_HEIGHT, KAGGLE_WIDTH = 420, 580
 TINY = ["--epochs", "1", "--batch-size", "4", "--device", "cpu", "--workers", "1"]
@@ -251,14 +250,8 @@ def test_ragcm_is_unet_with_rpa_and_apf() -> None:
 
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from nerveseg_cli.synth import synth
-
-    root = tmp_path_factory.mktemp("models_data")
-    synth(root / "data", subjects=2, per_subject=6, test=3, size=(64, 48), seed=5)
-    samples = discover_images(root / "data" / "train")
-    path = root / "manifest.csv"
-    write_manifest(path, samples, extra={"fold": [int(s.subject) - 1 for s in samples]})
-    return path
+    return synth_with_folds(tmp_path_factory.mktemp("models_data"), subjects=2, per_subject=6,
+                            test=3, size=(64, 48), seed=5)
 
 
 @pytest.mark.parametrize("options", [

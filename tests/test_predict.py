@@ -15,19 +15,14 @@ from nerveseg_cli.io.images import read_image
 from nerveseg_cli.io.outputs import write_image
 from nerveseg_cli.predict import TTA_VARIANTS, flip
 from nerveseg_cli.train import TrainOptions, train
-from tests.conftest import assert_one_line_error, run_cli
+from tests.conftest import assert_one_line_error, run_cli, synth_with_folds
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Two tiny runs (one with a presence head, one resized) on a small synth set."""
-    from nerveseg_cli.synth import synth
-
     root = tmp_path_factory.mktemp("predict")
-    synth(root / "data", subjects=2, per_subject=6, test=5, size=(60, 44), seed=2)
-    samples = discover_images(root / "data" / "train")
-    manifest = root / "manifest.csv"
-    write_manifest(manifest, samples, extra={"fold": [int(s.subject) - 1 for s in samples]})
+    manifest = synth_with_folds(root, subjects=2, per_subject=6, test=5, size=(60, 44), seed=2)
     common = {"manifest": str(manifest), "fold": "0", "epochs": 1, "batch_size": 4,
               "device": "cpu", "workers": 1}
     train(TrainOptions(**common, presence_head=True), root / "run_pad")

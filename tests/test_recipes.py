@@ -10,12 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nerveseg_cli.io.datasets import discover_images, write_manifest
 from nerveseg_cli.io.images import read_image
 from nerveseg_cli.models import check_model_config
 from nerveseg_cli.recipes import load_recipe, read_recipe_file, recipe_names
 from nerveseg_cli.train import TrainOptions
-from tests.conftest import assert_one_line_error, run_cli
+from tests.conftest import assert_one_line_error, run_cli, synth_with_folds
 
 RUNTIME = ["--device", "cpu", "--workers", "1"]
 
@@ -23,13 +22,8 @@ RUNTIME = ["--device", "cpu", "--workers", "1"]
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from nerveseg_cli.synth import synth
-
     root = tmp_path_factory.mktemp("recipes_data")
-    synth(root / "data", subjects=2, per_subject=6, test=4, size=(64, 48), seed=11)
-    samples = discover_images(root / "data" / "train")
-    manifest = root / "manifest.csv"
-    write_manifest(manifest, samples, extra={"fold": [int(s.subject) - 1 for s in samples]})
+    manifest = synth_with_folds(root, subjects=2, per_subject=6, test=4, size=(64, 48), seed=11)
     return {"manifest": manifest, "test": root / "data" / "test"}
 
 

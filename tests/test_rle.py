@@ -1,4 +1,5 @@
-"""The RLE codec and Kaggle CSV handling, against a plain reference and DESIGN.md's example."""
+"""The RLE codec and Kaggle CSV handling, against a plain reference and the example of
+docs/formats.md."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ import pandas as pd
 
 from nerveseg_cli.io.datasets import discover_images
 from nerveseg_cli.io.images import read_image, read_mask
-from nerveseg_cli.rle import decode_table, read_rle_csv
+from nerveseg_cli.rle import read_rle_csv, rle_decode
 from tests._helpers_audit import tree_digest
 from tests.conftest import assert_one_line_error, run_cli
 
@@ -27,7 +27,7 @@ def test_layout_and_csvs(synth_root: Path) -> None:
     assert len(train) == 24 and all(s.mask is not None for s in train)
     assert read_image(train[0].image).shape == (48, 64)
     table = read_rle_csv(synth_root / "train_masks.csv")
-    decoded = decode_table(table, (64, 48))
+    decoded = {row.id: rle_decode(row.pixels, 48, 64) for row in table.rows}
     for sample in train:
         np.testing.assert_array_equal(decoded[sample.id], read_mask(sample.mask))
     sample = pd.read_csv(synth_root / "sample_submission.csv", dtype=str)

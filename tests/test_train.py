@@ -18,7 +18,7 @@ from nerveseg_cli.io.datasets import discover_images, write_manifest
 from nerveseg_cli.runs import load_run, read_config
 from nerveseg_cli.train import TrainOptions, train
 from nerveseg_cli.train.progress import EpochRecord, Reporter
-from tests.conftest import assert_one_line_error, run_cli
+from tests.conftest import assert_one_line_error, run_cli, synth_with_folds
 
 TINY = ["--epochs", "2", "--batch-size", "4", "--device", "cpu", "--workers", "2"]
 
@@ -26,14 +26,8 @@ TINY = ["--epochs", "2", "--batch-size", "4", "--device", "cpu", "--workers", "2
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The session synth set (3 subjects) with fold = subject % 2, written beside its data."""
-    from nerveseg_cli.synth import synth
-
-    root = tmp_path_factory.mktemp("train_data")
-    synth(root / "data", subjects=3, per_subject=8, test=4, size=(64, 48), seed=3)
-    samples = discover_images(root / "data" / "train")
-    path = root / "manifest.csv"
-    write_manifest(path, samples, extra={"fold": [int(s.subject) % 2 for s in samples]})
-    return path
+    return synth_with_folds(tmp_path_factory.mktemp("train_data"), subjects=3, per_subject=8,
+                            test=4, size=(64, 48), seed=3, fold_of=lambda subject: subject % 2)
 
 
 def test_train_writes_a_complete_run_folder(manifest: Path, tmp_path: Path) -> None:

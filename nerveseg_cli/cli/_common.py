@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TextIO, TypeVar
 
 import typer
 from rich.console import Console
@@ -59,7 +59,8 @@ def install_warning_printer() -> None:
     if getattr(original, "nerveseg", False):
         return
 
-    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: TextIO | None = None, line: str | None = None) -> None:
         if issubclass(category, NervesegWarning):
             stderr.print(f"warning: {message}", markup=False, highlight=False, soft_wrap=True)
         else:
@@ -100,7 +101,7 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-# Options shared by name across commands (DESIGN.md: same option, same name everywhere).
+# Options shared by name across commands (docs/formats.md: same option, same name everywhere).
 Overwrite = Annotated[bool, typer.Option("--overwrite",
                                          help="Write into an existing output.")]
 Workers = Annotated[int, typer.Option("--workers", min=1,

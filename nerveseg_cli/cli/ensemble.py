@@ -1,4 +1,7 @@
-"""``nerveseg ensemble``."""
+"""``nerveseg ensemble``.
+
+Seed numbers ("seed 003") refer to the papers listed in docs/models.md, "The seed papers".
+"""
 
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from nerveseg_cli.cli._common import (
 )
 
 
+# One parameter per option: this is Typer's declaration of the command line.
 @command("ensemble", PANEL_INFERENCE)
 def ensemble_command(
     members: Annotated[list[Path], typer.Argument(
@@ -44,11 +48,12 @@ def ensemble_command(
 ) -> None:
     """Merge probability folders (mean, weighted, vote or ASME) into one probability folder."""
     from nerveseg_cli.ensemble import ensemble, parse_weights
+    from nerveseg_cli.merging import MergeRule
 
     parsed = parse_weights(weights, len(members)) if weights is not None else None
     with progress_bar(None, "ensemble") as advance:
-        result = ensemble(members, out, method=method, weights=parsed, threshold=threshold,
-                          asme_base=asme_base, allow_missing=allow_missing,
+        rule = MergeRule(method, parsed, 0.5 if threshold is None else threshold, asme_base)
+        result = ensemble(members, out, rule, allow_missing=allow_missing,
                           overwrite=overwrite, workers=workers, progress=advance)
     summary = {"images": len(result.ids), "folders": len(result.members),
                "method": result.method, "merged_from_fewer_folders": len(result.partial),

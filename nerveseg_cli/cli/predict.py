@@ -1,4 +1,7 @@
-"""``nerveseg predict``."""
+"""``nerveseg predict``.
+
+Seed numbers ("seed 003") refer to the papers listed in docs/models.md, "The seed papers".
+"""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -29,6 +29,10 @@ from nerveseg_cli.cli._common import (
     stdout,
 )
 
+if TYPE_CHECKING:
+    from nerveseg_cli.score import ScoreReport, Sweep
+
+
 SUMMARY_LABELS = {
     "images": "images", "dice": "Kaggle mean Dice", "iou": "mean IoU",
     "dice_on_positive": "mean Dice, nerve images", "dice_on_empty": "mean Dice, empty images",
@@ -41,6 +45,7 @@ SUMMARY_LABELS = {
 }
 
 
+# One parameter per option: this is Typer's declaration of the command line.
 @command("score", PANEL_SUBMIT)
 def score_command(
     pred: Annotated[Path, typer.Argument(
@@ -119,10 +124,17 @@ def score_command(
         written += write_overlays(report, pred, gt, images, overlays, worst=worst, size=dims,
                                   label=label, overwrite=overwrite, workers=workers)
 
+    _print_report(report, pred, gt, by == "subject", json_output)
+    if written and not json_output:
+        stderr.print(f"wrote {len(written)} files (first: {written[0]})", markup=False)
+
+
+def _print_report(report: ScoreReport, pred: Path, gt: Path, by_subject: bool,
+                  json_output: bool) -> None:
     summary = report.summary
     if json_output:
         data: dict = {"summary": summary}
-        if by == "subject":
+        if by_subject:
             data["subjects"] = report.by_subject().to_dict(orient="records")
         if report.sweep is not None:
             t, a, d = report.sweep.best
@@ -131,19 +143,16 @@ def score_command(
                              "min_areas": report.sweep.min_areas.tolist(),
                              "dice": report.sweep.mean_dice.tolist()}
         print_json(data)
-    else:
-        stdout.print(key_value_table(f"score: {pred} vs {gt}",
-                                     {SUMMARY_LABELS[k]: v for k, v in summary.items()}))
-        if by == "subject":
-            stdout.print(_subject_table(report))
-        if report.sweep is not None:
-            stdout.print(_sweep_table(report.sweep))
-    if written and not json_output:
-        stderr.print(f"wrote {len(written)} files"
-                     + (f" (first: {written[0]})" if written else ""), markup=False)
+        return
+    stdout.print(key_value_table(f"score: {pred} vs {gt}",
+                                 {SUMMARY_LABELS[k]: v for k, v in summary.items()}))
+    if by_subject:
+        stdout.print(_subject_table(report))
+    if report.sweep is not None:
+        stdout.print(_sweep_table(report.sweep))
 
 
-def _subject_table(report) -> Table:  # noqa: ANN001
+def _subject_table(report: ScoreReport) -> Table:
     table = Table(title="by subject", title_justify="left")
     for column in ("subject", "images", "dice", "positives", "predicted"):
         table.add_column(column, justify="left" if column == "subject" else "right")
@@ -153,7 +162,7 @@ def _subject_table(report) -> Table:  # noqa: ANN001
     return table
 
 
-def _sweep_table(sweep) -> Table:  # noqa: ANN001
+def _sweep_table(sweep: Sweep) -> Table:
     best_t, best_a, best_d = sweep.best
     table = Table(title=f"mean Dice by min area (rows) and threshold (columns); best "
                         f"{best_d:.4f} at threshold {best_t:g}, min area {best_a}",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -21,6 +21,10 @@ from nerveseg_cli.cli._common import (
     stderr,
     stdout,
 )
+
+if TYPE_CHECKING:
+    from nerveseg_cli.split import FoldRow
+
 
 
 class Grouping(str, Enum):
@@ -123,7 +127,7 @@ def _check(manifest: Path, label: int | None, workers: int, json_output: bool) -
         raise typer.Exit(code=1)
 
 
-def _fold_table(rows) -> Table:  # noqa: ANN001  (list[FoldRow])
+def _fold_table(rows: list[FoldRow]) -> Table:
     table = Table()
     for column in ("fold", "images", "subjects", "positive %", "mean mask area"):
         table.add_column(column, justify="right")

@@ -3,6 +3,8 @@
 
 Every default is read from :class:`~nerveseg_cli.train.options.TrainOptions` (``_D``), so
 there is one place to change one.
+
+Seed numbers ("seed 003") refer to the papers listed in docs/models.md, "The seed papers".
 """
 
 from __future__ import annotations

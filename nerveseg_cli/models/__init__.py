@@ -7,25 +7,27 @@ architectures are registered here; the custom ones (docs/models.md) live one fam
 themselves through :func:`register` when first needed. Every model returned by
 :func:`build_model` is a :class:`SegmentationNet`: ``forward(x)`` gives
 ``(mask_logits, presence_logits or None)``.
+
+Seed numbers ("seed 003") refer to the papers listed in docs/models.md, "The seed papers".
 """
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from nerveseg_cli.errors import NervesegError
+from nerveseg_cli.errors import NervesegError, suggest
+from nerveseg_cli.records import DictRecord
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(DictRecord):
     """Everything needed to rebuild a network (stored in a run's config.json)."""
 
     arch: str = "unet"
@@ -35,14 +37,6 @@ class ModelConfig:
     decoder_attention: str | None = None  # scse
     presence_head: bool = False
     extra: dict[str, Any] | None = None  # options of custom architectures
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
 
 
 class SegmentationNet(nn.Module):
@@ -119,7 +113,7 @@ def arch_spec(arch: str) -> ArchSpec:
     _register_all()
     spec = _SPECS.get(arch)
     if spec is None:
-        raise NervesegError(f"unknown architecture {arch!r}" + _suggest(arch, architectures())
+        raise NervesegError(f"unknown architecture {arch!r}" + suggest(arch, architectures())
                             + f" (known: {', '.join(architectures())})")
     return spec
 
@@ -156,11 +150,6 @@ def extra_option(config: ModelConfig, key: str, default: Any) -> Any:
     return default if value is None else value
 
 
-def _suggest(name: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
-    return f"; did you mean {', '.join(close)}?" if close else ""
-
-
 # --------------------------------------------------------------------------------------------
 # segmentation_models_pytorch
 
@@ -177,11 +166,11 @@ def _check_encoder(name: str) -> None:
 
         if not timm.list_models(name[3:]) and not timm.is_model(name[3:]):
             raise NervesegError(f"unknown timm encoder {name!r}"
-                                + _suggest(name[3:], timm.list_models()))
+                                + suggest(name[3:], timm.list_models()))
         return
     known = smp_encoders()
     if name not in known:
-        raise NervesegError(f"unknown encoder {name!r}" + _suggest(name, known)
+        raise NervesegError(f"unknown encoder {name!r}" + suggest(name, known)
                             + " (timm encoders: tu-NAME)")
 
 
@@ -221,10 +210,7 @@ def _build_smp(arch: str, config: ModelConfig) -> SegmentationNet:
     except Exception as exc:  # noqa: BLE001  network errors come in many types
         if weights != "imagenet":
             raise
-        raise NervesegError(
-            f"could not download imagenet weights for {config.encoder} ({type(exc).__name__}"
-            "; offline?): download them on a connected machine and pass --encoder-weights "
-            "PATH (a .safetensors or .pth encoder state dict)") from None
+        raise offline_weights_error(config.encoder, exc) from None
     if weights not in ("none", "imagenet", "", None):
         load_encoder_weights(net.encoder, Path(weights), config.in_channels)
     if config.extra:
@@ -299,6 +285,14 @@ def load_encoder_weights(encoder: nn.Module, path: Path, in_channels: int) -> No
                          f"{tuple(cleaned[k].shape)} vs {tuple(own[k].shape)})")
         raise NervesegError(f"{path}: keys do not fit the encoder: {'; '.join(parts)}")
     encoder.load_state_dict(cleaned)
+
+
+def offline_weights_error(name: str, exc: BaseException) -> NervesegError:
+    """The one-line error for ImageNet weights that could not be downloaded."""
+    return NervesegError(
+        f"could not download imagenet weights for {name} ({type(exc).__name__}; offline?): "
+        "download them on a connected machine and pass --encoder-weights PATH (a "
+        ".safetensors or .pth encoder state dict)")
 
 
 def build_model(config: ModelConfig) -> SegmentationNet:

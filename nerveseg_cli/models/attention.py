@@ -19,6 +19,8 @@ Table I: 9,786,857 = 9,776,103 trainable parameters + 10,754 batch-norm running 
 
 ``--batch-norm`` is on by default; ``--activation`` changes the decoder blocks' activations
 (the gate keeps its ReLU, part of the attention formula).
+
+Seed numbers ("seed 003") refer to the papers listed in docs/models.md, "The seed papers".
 """
 
 from __future__ import annotations

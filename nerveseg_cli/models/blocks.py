@@ -4,6 +4,8 @@
 - :func:`make_activation` / :func:`replace_activations`: seed 000's decoder activations.
 - :class:`DoubleConv`: two 3x3 convolutions, the U-Net stage.
 - :class:`PresenceHead`: an image-level "nerve present" logit from bottleneck features.
+
+Seed numbers ("seed 003") refer to the papers listed in docs/models.md, "The seed papers".
 """
 
 from __future__ import annotations

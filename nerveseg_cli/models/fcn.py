@@ -16,6 +16,8 @@ stride-32 map's size (instead of the reference's 100-pixel input padding and cro
 from random weights (the ImageNet classifier does not carry over to a 1-logit head).
 
 ``--activation`` changes fc6 and fc7's activations.
+
+Seed numbers ("seed 003") refer to the papers listed in docs/models.md, "The seed papers".
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from nerveseg_cli.models import (
     SegmentationNet,
     extra_option,
     load_encoder_weights,
+    offline_weights_error,
     register,
 )
 from nerveseg_cli.models.blocks import PresenceHead, check_width, make_activation
@@ -129,9 +132,7 @@ def _load_backbone_weights(backbone: VGG16Backbone, config: ModelConfig, width: 
     try:
         pretrained = get_encoder(name, in_channels=config.in_channels, weights="imagenet")
     except Exception as exc:  # noqa: BLE001  network errors come in many types
-        raise NervesegError(
-            f"could not download imagenet weights for {name} ({type(exc).__name__}; offline?): "
-            "download them on a connected machine and pass --encoder-weights PATH") from None
+        raise offline_weights_error(name, exc) from None
     backbone.features.load_state_dict(pretrained.features.state_dict())
 
 

@@ -20,6 +20,8 @@ width 32 and the seed's 80x112 input:
 The mask and presence logits are trained with ``--loss dice --presence-weight 0.5`` in the
 ``seed001-inception-twohead`` recipe (seed 001: Dice loss plus BCE weighted half). ``--width``
 must be a multiple of 16; ``--activation`` changes the decoder's activations (ELU by default).
+
+Seed numbers ("seed 003") refer to the papers listed in docs/models.md, "The seed papers".
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ concatenation with the encoder map; a 1x1 convolution gives the logit.
 
 ``--batch-norm`` adds batch norm after every 3x3 convolution (seed 001's final R2U-Net used it;
 its parameter figure is without); ``--activation`` changes the decoder's activations.
+
+Seed numbers ("seed 003") refer to the papers listed in docs/models.md, "The seed papers".
 """
 
 from __future__ import annotations

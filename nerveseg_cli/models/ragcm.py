@@ -22,6 +22,8 @@ map has the finest decoder level's channels and feeds the usual segmentation hea
 
 ``ragcm`` is ``unet --context rpa --fusion apf`` with the encoder you pass (the paper: resnet34
 with ImageNet weights, as the ``seed002-ragcm`` recipe sets).
+
+Seed numbers ("seed 003") refer to the papers listed in docs/models.md, "The seed papers".
 """
 
 from __future__ import annotations

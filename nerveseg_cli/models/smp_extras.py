@@ -10,6 +10,8 @@
 
 :class:`UnetWithExtras` runs the smp model's own encoder, decoder and heads in that order and
 changes only what flows between them.
+
+Seed numbers ("seed 003") refer to the papers listed in docs/models.md, "The seed papers".
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ Without batch norm and with one input channel it has 7,759,521 parameters at wid
 
 ``--skip sharp`` passes every skip through seed 003's fixed sharpening filter; ``sharp-unet`` is
 this network with sharp skips. ``--activation`` changes the decoder's activations.
+
+Seed numbers ("seed 003") refer to the papers listed in docs/models.md, "The seed papers".
 """
 
 from __future__ import annotations

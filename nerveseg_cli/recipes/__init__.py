@@ -17,18 +17,19 @@ fields. The shipped recipes are the ``*.json`` files beside this module, named b
 ``nerveseg train --config FILE`` reads a user's file in the same format. ``train`` records the
 recipe's name and the resolved options in config.json, and the ``predict`` part under
 ``inference``, which ``predict`` applies unless told otherwise.
+
+Seed numbers ("seed 003") refer to the papers listed in docs/models.md, "The seed papers".
 """
 
 from __future__ import annotations
 
-import difflib
 import json
 from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from nerveseg_cli.errors import NervesegError
+from nerveseg_cli.errors import NervesegError, suggest
 
 PREDICT_KEYS = ("tta", "tta_merge", "merge", "asme_base", "threshold", "min_area",
                 "presence_threshold", "crf")
@@ -76,17 +77,12 @@ def crf_parameters(value: Any, source: str) -> dict[str, Any] | None:
     unknown = sorted(set(value) - known)
     if unknown:
         raise NervesegError(f"{source}: unknown CRF parameter {unknown[0]!r}"
-                            + _suggest(unknown[0], sorted(known)))
+                            + suggest(unknown[0], sorted(known)))
     try:
         params = CrfParams(**value).validate()
     except TypeError as exc:
         raise NervesegError(f"{source}: bad CRF parameters ({exc})") from None
     return asdict(params)
-
-
-def _suggest(name: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
-    return f"; did you mean {', '.join(close)}?" if close else ""
 
 
 def _files() -> dict[str, Any]:
@@ -104,7 +100,7 @@ def load_recipe(name: str, validate: bool = True) -> Recipe:
     files = _files()
     if name not in files:
         names = sorted(files)
-        raise NervesegError(f"unknown recipe {name!r}" + _suggest(name, names)
+        raise NervesegError(f"unknown recipe {name!r}" + suggest(name, names)
                             + f" (known: {', '.join(names)})")
     return parse_recipe(files[name].read_text(encoding="utf-8"), name, f"recipe {name}",
                         validate)
@@ -158,7 +154,7 @@ def check_train_options(train: dict[str, Any], source: str) -> None:
             raise NervesegError(f"{source}: train.{key} cannot be set by a recipe")
         if key not in defaults:
             raise NervesegError(f"{source}: unknown train option {key!r}"
-                                + _suggest(key, sorted(defaults)))
+                                + suggest(key, sorted(defaults)))
         _check_kind(value, defaults[key], f"{source}: train.{key}")
 
 
@@ -168,7 +164,7 @@ def check_predict_options(predict: dict[str, Any], source: str) -> None:
     for key, value in predict.items():
         if key not in PREDICT_KEYS:
             raise NervesegError(f"{source}: unknown predict option {key!r}"
-                                + _suggest(key, list(PREDICT_KEYS)))
+                                + suggest(key, list(PREDICT_KEYS)))
         if key == "crf":
             crf_parameters(value, source)
         else:

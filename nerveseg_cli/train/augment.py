@@ -3,6 +3,8 @@ over images or pixels. Geometric transforms move images and masks together.
 
 Probabilities are per image. Seed 000's values, as an example:
 ``--hflip 0.5 --vflip 0.25 --brightness 0.1:0.1 --noise 0.03:0.1``.
+
+Seed numbers ("seed 003") refer to the papers listed in docs/models.md, "The seed papers".
 """
 
 from __future__ import annotations

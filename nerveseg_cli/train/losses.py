@@ -3,6 +3,8 @@
 Per-image Dice matters for the Kaggle metric: an image without a nerve must cost something when
 the model paints one. A batch-level Dice (or one that skips empty targets) lets false positives
 on empty images go unpunished.
+
+Seed numbers ("seed 003") refer to the papers listed in docs/models.md, "The seed papers".
 """
 
 from __future__ import annotations

@@ -7,11 +7,12 @@ No torch import at module level: the CLI reads the defaults from here to build i
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nerveseg_cli.errors import NervesegError
+from nerveseg_cli.records import DictRecord
 
 if TYPE_CHECKING:
     from nerveseg_cli.models import ModelConfig
@@ -22,7 +23,7 @@ RUNTIME_KEYS = {"device", "workers", "compile"}
 
 
 @dataclass
-class TrainOptions:
+class TrainOptions(DictRecord):
     """Every option of ``nerveseg train``; the CLI's defaults are these."""
 
     manifest: str = ""
@@ -89,14 +90,6 @@ class TrainOptions:
     deterministic: bool = False
     # the recipe the options started from: a shipped recipe's name or a --config file's path
     recipe: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TrainOptions:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
 
     def augment_config(self) -> AugmentConfig:
         from nerveseg_cli.train.augment import AugmentConfig, parse_amount

@@ -33,6 +33,9 @@ def make_optimizer(options: TrainOptions,
 def lr_factor(options: TrainOptions, step: int, steps_per_epoch: int) -> float:
     """Learning-rate multiplier after ``step`` optimizer steps: linear warm-up, then the
     schedule over the remaining steps (step decay counts whole epochs)."""
+    if options.scheduler not in SCHEDULERS:  # checked first: warm-up steps never reach it
+        raise NervesegError(f"--scheduler {options.scheduler!r}: use "
+                            f"{', '.join(SCHEDULERS[:-1])} or none")
     total = max(1, options.epochs * steps_per_epoch)
     warmup = int(round(options.warmup_epochs * steps_per_epoch))
     if step < warmup:
@@ -44,9 +47,7 @@ def lr_factor(options: TrainOptions, step: int, steps_per_epoch: int) -> float:
         return (1 - progress) ** options.poly_power
     if options.scheduler == "step":
         return options.step_gamma ** (step // steps_per_epoch)
-    if options.scheduler == "none":
-        return 1.0
-    raise NervesegError(f"--scheduler {options.scheduler!r}: use cosine, step, poly or none")
+    return 1.0
 
 
 def make_scheduler(options: TrainOptions, optimizer: torch.optim.Optimizer,

@@ -1,0 +1,29 @@
+"""Pictures for people: mask outlines and score overlays (dedupe's montage, score's overlays)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+def draw_outline(canvas: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int],
+                 thickness: int = 1) -> np.ndarray:
+    """Draw the outer outline of ``mask``'s regions on the BGR ``canvas``, in place."""
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL,
+                                   cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(canvas, contours, -1, colour, thickness)
+    return canvas
+
+
+OVERLAY_COLOURS = {"gt": (0, 0, 255), "pred": (0, 255, 0), "both": (0, 255, 255)}  # BGR
+
+
+def overlay(image: np.ndarray, truth: np.ndarray, pred: np.ndarray,
+            alpha: float = 0.45) -> np.ndarray:
+    """Grayscale image with ground truth red, prediction green, overlap yellow (BGR)."""
+    canvas = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR).astype(np.float32)
+    for key, region in (("gt", truth & ~pred), ("pred", pred & ~truth), ("both", truth & pred)):
+        canvas[region] = (1 - alpha) * canvas[region] + alpha * np.array(OVERLAY_COLOURS[key])
+    for mask, colour in ((truth, OVERLAY_COLOURS["gt"]), (pred, OVERLAY_COLOURS["pred"])):
+        draw_outline(canvas, mask, colour)
+    return canvas.round().astype(np.uint8)

@@ -101,6 +101,11 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
+def out_option(help: str, **kwargs: Any) -> Any:
+    """``--out`` / ``-o``: where a command writes (the one spelling of the alias)."""
+    return typer.Option("--out", "-o", help=help, show_default=False, **kwargs)
+
+
 # Options shared by name across commands (docs/formats.md: same option, same name everywhere).
 Overwrite = Annotated[bool, typer.Option("--overwrite",
                                          help="Write into an existing output.")]

@@ -13,18 +13,20 @@ from nerveseg_cli.cli._common import (
     JsonOutput,
     Overwrite,
     key_value_table,
+    out_option,
     print_json,
     progress_bar,
     stdout,
 )
 
 
+# One parameter per option: this is Typer's declaration of the command line.
 @command("crf", PANEL_INFERENCE)
 def crf_command(
     probs: Annotated[Path, typer.Argument(help="Probability folder to refine.")],
     images: Annotated[Path, typer.Argument(
         help="Image set holding every map's image (Kaggle folder, images/ folder or manifest).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Probability folder to write.")],
+    out: Annotated[Path, out_option(help="Probability folder to write.")],
     sxy_gaussian: Annotated[float, typer.Option(
         "--sxy-gaussian", help="Smoothness kernel width in pixels.")] = 3.0,
     compat_gaussian: Annotated[float, typer.Option(

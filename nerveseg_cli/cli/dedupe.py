@@ -16,6 +16,7 @@ from nerveseg_cli.cli._common import (
     SubjectRegex,
     Workers,
     key_value_table,
+    out_option,
     print_json,
     progress_bar,
     stderr,
@@ -51,12 +52,13 @@ SUMMARY_LABELS = {
 }
 
 
+# One parameter per option: this is Typer's declaration of the command line.
 @command("dedupe", PANEL_DATA)
 def dedupe_command(
     images: Annotated[Path, typer.Argument(
         help="Image set: Kaggle folder, images/+masks/ folder or manifest CSV.")],
-    out: Annotated[Path, typer.Option(
-        "--out", "-o", help="Folder for manifest.csv, duplicates.csv, summary.json "
+    out: Annotated[Path, out_option(
+        help="Folder for manifest.csv, duplicates.csv, summary.json "
         "(and masks/ with --policy propagate).")],
     scope: Annotated[Scope, typer.Option(
         "--scope", help="Look for near duplicates within each subject, or across all images "

@@ -18,6 +18,7 @@ from nerveseg_cli.cli._common import (
     Threshold,
     Workers,
     key_value_table,
+    out_option,
     print_json,
     progress_bar,
     stdout,
@@ -29,7 +30,7 @@ from nerveseg_cli.cli._common import (
 def ensemble_command(
     members: Annotated[list[Path], typer.Argument(
         metavar="DIR...", help="Probability folders to merge (two or more).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Probability folder to write.")],
+    out: Annotated[Path, out_option(help="Probability folder to write.")],
     method: Annotated[str, typer.Option(
         "--method", help="mean, weighted (needs --weights), vote (strict majority at "
         "--threshold) or asme (seed 000's per-image agreement weights).")] = "mean",

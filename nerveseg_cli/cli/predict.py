@@ -21,6 +21,7 @@ from nerveseg_cli.cli._common import (
     Threshold,
     Workers,
     key_value_table,
+    out_option,
     print_json,
     progress_bar,
     stdout,
@@ -32,7 +33,7 @@ from nerveseg_cli.cli._common import (
 def predict_command(
     paths: Annotated[list[Path], typer.Argument(
         metavar="RUN [RUN ...] IMAGES", help="One or more run folders, then the image set.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Probability folder to write.")],
+    out: Annotated[Path, out_option(help="Probability folder to write.")],
     tta: Annotated[str | None, typer.Option(
         help="none, hflip, or flips (identity, h, v, both). \\[default: the first run's "
         "recipe, else none]", show_default=False)] = None,

@@ -14,6 +14,7 @@ from nerveseg_cli.cli._common import (
     Size,
     Workers,
     key_value_table,
+    out_option,
     print_json,
     progress_bar,
     stdout,
@@ -24,7 +25,7 @@ from nerveseg_cli.cli._common import (
 def rle_decode_command(
     csv_file: Annotated[Path, typer.Argument(metavar="CSV",
                                              help="Kaggle CSV: img,pixels or subject,img,pixels.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the mask PNGs.")],
+    out: Annotated[Path, out_option(help="Folder for the mask PNGs.")],
     size: Size = "580x420",
     overwrite: Overwrite = False,
     workers: Workers = 4,

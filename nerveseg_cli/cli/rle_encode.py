@@ -20,16 +20,18 @@ from nerveseg_cli.cli._common import (
     Threshold,
     Workers,
     key_value_table,
+    out_option,
     print_json,
     stdout,
 )
 
 
+# One parameter per option: this is Typer's declaration of the command line.
 @command("rle-encode", PANEL_SUBMIT)
 def rle_encode_command(
     source: Annotated[Path, typer.Argument(
         metavar="INPUT", help="Mask set or probability folder (or a Kaggle CSV to re-encode).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="CSV file to write.")],
+    out: Annotated[Path, out_option(help="CSV file to write.")],
     fmt: Annotated[str, typer.Option(
         "--format", help="submission (img,pixels) or train (subject,img,pixels).")
     ] = "submission",

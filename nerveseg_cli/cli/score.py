@@ -23,6 +23,7 @@ from nerveseg_cli.cli._common import (
     Workers,
     format_value,
     key_value_table,
+    out_option,
     print_json,
     progress_bar,
     stderr,
@@ -52,8 +53,8 @@ def score_command(
         help="Predictions: mask set, probability folder or Kaggle CSV.")],
     gt: Annotated[Path, typer.Argument(
         help="Ground truth: mask set, manifest or Kaggle train CSV.")],
-    out: Annotated[Path | None, typer.Option(
-        "--out", "-o", help="Folder for per_image.csv and summary.json.")] = None,
+    out: Annotated[Path | None, out_option(
+        help="Folder for per_image.csv and summary.json.")] = None,
     threshold: Threshold = None,
     min_area: MinArea = None,
     postprocess: PostprocessFile = None,

@@ -16,6 +16,7 @@ from nerveseg_cli.cli._common import (
     Overwrite,
     SubjectRegex,
     Workers,
+    out_option,
     print_json,
     progress_bar,
     stderr,
@@ -32,13 +33,14 @@ class Grouping(str, Enum):
     none = "none"
 
 
+# One parameter per option: this is Typer's declaration of the command line.
 @command("split", PANEL_DATA)
 def split_command(
     input: Annotated[Path, typer.Argument(
         help="Image set (Kaggle folder, images/+masks/ folder) or manifest CSV; with --check, "
         "the split manifest to audit.")],
-    out: Annotated[Path | None, typer.Option(
-        "--out", "-o", help="Manifest CSV to write, with a fold column.")] = None,
+    out: Annotated[Path | None, out_option(
+        help="Manifest CSV to write, with a fold column.")] = None,
     folds: Annotated[int | None, typer.Option(
         "--folds", min=2, help="Number of cross-validation folds. \\[default: 5]")] = None,
     holdout: Annotated[float | None, typer.Option(

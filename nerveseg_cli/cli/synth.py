@@ -19,6 +19,7 @@ from nerveseg_cli.cli._common import (
 )
 
 
+# One parameter per option: this is Typer's declaration of the command line.
 @command("synth", PANEL_DATA)
 def synth_command(
     out: Annotated[Path, typer.Argument(help="Folder to create (Kaggle layout).")],

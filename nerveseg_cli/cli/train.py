@@ -22,6 +22,7 @@ from nerveseg_cli.cli._common import (
     Threshold,
     Workers,
     key_value_table,
+    out_option,
     print_json,
     stderr,
     stdout,
@@ -80,8 +81,7 @@ def train_command(
     manifest: Annotated[Path | None, typer.Argument(
         help="Manifest with a fold column (from `split`), or any image set with --fold all.",
         show_default=False)] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder to create.",
-                                             show_default=False)] = None,
+    out: Annotated[Path | None, out_option(help="Run folder to create.")] = None,
     fold: Annotated[str, _opt(P_DATA, "Validation fold K, or 'all' (no validation).")
                     ] = _D.fold,
     resume: Annotated[Path | None, typer.Option(
@@ -140,8 +140,7 @@ def train_command(
         show_default=False)] = _D.balance,
     loss: Annotated[str, _opt(P_LOSS, "dice, bce, focal, tversky, lovasz joined by +.")
                     ] = _D.loss,
-    loss_weights: Annotated[str | None, _opt(P_LOSS, "Comma-separated weights, e.g. 1,1.",
-                                             show_default=False)] = None,
+    loss_weights: Annotated[str | None, _opt(P_LOSS, "Comma-separated weights, e.g. 1,1.")] = None,
     focal_alpha: Annotated[float, _opt(P_LOSS, "Focal alpha (<0: none).")] = _D.focal_alpha,
     focal_gamma: Annotated[float, _opt(P_LOSS, "Focal gamma.")] = _D.focal_gamma,
     tversky_alpha: Annotated[float, _opt(P_LOSS, "Tversky false-positive weight.")

@@ -35,7 +35,13 @@ import numpy as np
 from nerveseg_cli.drawing import draw_outline
 from nerveseg_cli.errors import NervesegError
 from nerveseg_cli.groups import linked_components
-from nerveseg_cli.io.datasets import Sample, discover_with_columns, write_manifest
+from nerveseg_cli.io.datasets import (
+    Sample,
+    discover_with_columns,
+    load_image,
+    load_mask,
+    write_manifest,
+)
 from nerveseg_cli.io.images import IMAGE_SUFFIXES, MaskReader, read_image
 from nerveseg_cli.io.outputs import (
     atomic_write_text,
@@ -124,10 +130,10 @@ def fingerprint_images(samples: Sequence[Sample], *, use_masks: bool = True,
                                      np.ndarray | None]:
         if sample.image is None:
             raise NervesegError(f"{sample.id}: no image file")
-        image = read_image(sample.image)
+        image = load_image(sample)
         area, packed = -1, None
         if use_masks and sample.mask is not None:
-            mask = reader.read(sample.mask)
+            mask = load_mask(sample, reader)
             if mask.shape != image.shape:
                 raise NervesegError(
                     f"{sample.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "

@@ -36,13 +36,13 @@ import numpy as np
 from nerveseg_cli import __version__
 from nerveseg_cli.errors import NervesegError, warn
 from nerveseg_cli.io.datasets import read_csv_rows, sort_ids, validate_id
+from nerveseg_cli.io.images import PNG_SIGNATURE
 from nerveseg_cli.io.outputs import atomic_write_text, write_image
 
 PREDICTION_JSON = "prediction.json"
 PRESENCE_CSV = "presence.csv"
 PRESENCE_COLUMNS = ("id", "presence")
 COMPANION_SUFFIXES = (".csv", ".json", ".txt", ".md")
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_COLOUR_TYPES = {0: "grayscale", 2: "RGB", 3: "palette", 4: "grayscale + alpha",
                      6: "RGBA"}
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}

@@ -11,26 +11,24 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from nerveseg_cli.errors import NervesegError, warn
 from nerveseg_cli.io.datasets import read_csv_rows, sort_ids, validate_id
 from nerveseg_cli.io.images import MaskReader
-from nerveseg_cli.io.outputs import (
-    atomic_write_text,
-    check_output_file,
-    prepare_output_dir,
-    write_mask,
-)
+from nerveseg_cli.io.outputs import Outputs, atomic_write_text, write_mask
 from nerveseg_cli.io.parallel import thread_map
 from nerveseg_cli.postprocess import PostProcess, resolve_postprocess
 
 SUBMISSION = "submission"
 TRAIN = "train"
 HEADERS = {SUBMISSION: ["img", "pixels"], TRAIN: ["subject", "img", "pixels"]}
-_DIGITS_FIELD = re.compile(r"[0-9]+(?:\s+[0-9]+)*")
-_SIGNED_INT = re.compile(r"-?[0-9]+")
+# Integers (signs let a negative start or length be named as such) between single spaces.
+_DIGITS_FIELD = re.compile(r"-?[0-9]+(?: -?[0-9]+)*")
+# A token longer than this is past the end of any image MAX_PIXELS allows (and of int64).
+_MAX_DIGITS = 12
 
 
 class RleError(ValueError):
@@ -61,19 +59,21 @@ def rle_encode(mask: np.ndarray) -> str:
 
 
 def parse_runs(rle: str, n_pixels: int) -> tuple[np.ndarray, np.ndarray]:
-    """Parse and validate an RLE string into 0-based starts and lengths."""
-    text = rle.strip()
-    if not text:
+    """Parse and validate an RLE string into 0-based starts and lengths.
+
+    Strict: the field is empty, or decimal integers separated by single spaces, with no space
+    before the first or after the last (Kaggle's own files are written so)."""
+    if not rle:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty
-    if _DIGITS_FIELD.fullmatch(text):
-        values = np.array(text.split(), dtype=np.int64)
-    else:
-        tokens = text.split()
-        for token in tokens:
-            if not _SIGNED_INT.fullmatch(token):
-                raise RleError(f"token {token!r} is not an integer")
-        values = np.array(tokens, dtype=np.int64)
+    if not _DIGITS_FIELD.fullmatch(rle):
+        raise RleError(_token_problem(rle))
+    tokens = rle.split(" ")
+    too_long = next((t for t in tokens if len(t.lstrip("-")) > _MAX_DIGITS), None)
+    if too_long is not None:  # beyond any image, and beyond int64
+        raise RleError(f"token {too_long[:20]}{'...' if len(too_long) > 20 else ''} is past "
+                       f"the image end ({n_pixels} pixels) by far")
+    values = np.array(tokens, dtype=np.int64)
     if values.size % 2:
         raise RleError(f"odd number of tokens ({values.size}); expected start/length pairs")
     starts, lengths = values[0::2], values[1::2]
@@ -96,6 +96,18 @@ def parse_runs(rle: str, n_pixels: int) -> tuple[np.ndarray, np.ndarray]:
         raise RleError(f"run {i + 1} ({starts[i]} {lengths[i]}) {problem} "
                        f"({starts[i - 1]} {lengths[i - 1]}); runs must ascend without overlap")
     return starts - 1, lengths
+
+
+def _token_problem(rle: str) -> str:
+    """What is wrong with a field that is not single-space-separated digits."""
+    if rle != rle.strip(" "):
+        return "space before the first or after the last token (fields are 'start length ...')"
+    if "  " in rle:
+        return "two spaces in a row (tokens are separated by single spaces)"
+    for token in rle.split(" "):
+        if not re.fullmatch(r"-?[0-9]+", token):
+            return f"token {token[:20]!r} is not an integer"
+    return f"{rle[:20]!r} is not space-separated integers"
 
 
 def rle_decode(rle: str, height: int, width: int) -> np.ndarray:
@@ -228,6 +240,10 @@ class EncodeResult:
     post: PostProcess
 
 
+if TYPE_CHECKING:
+    from nerveseg_cli.sources import MapSource
+
+
 def encode_folder(source: str | Path, out: str | Path, *, fmt: str = SUBMISSION,
                   threshold: float | None = None, min_area: int | None = None,
                   postprocess: str | Path | None = None, ids_from: str | Path | None = None,
@@ -241,13 +257,26 @@ def encode_folder(source: str | Path, out: str | Path, *, fmt: str = SUBMISSION,
     """
     if fmt not in HEADERS:
         raise NervesegError(f"format {fmt!r} is not one of {', '.join(HEADERS)}")
-    out = check_output_file(out, overwrite)
     post = resolve_postprocess(threshold, min_area, postprocess)
     from nerveseg_cli.sources import open_source
 
     order = read_ids_file(ids_from) if ids_from else None
     maps = open_source(source, size)
     maps.gate_by_presence(presence_threshold, presence_from)
+    with Outputs(inputs=[*maps.input_paths(), ids_from, postprocess, presence_from]) as outputs:
+        target = outputs.file(out, overwrite=overwrite)
+        encoded, missing, extra = _encode_maps(maps, post, order, label, allow_missing,
+                                               ids_from, workers)
+        atomic_write_text(target, format_rle_csv(encoded, fmt, order))
+    return EncodeResult(len(encoded), sum(1 for v in encoded.values() if v), missing, extra, post)
+
+
+def _encode_maps(maps: MapSource, post: PostProcess, order: list[str] | None,
+                 label: int | None, allow_missing: bool, ids_from: str | Path | None,
+                 workers: int) -> tuple[dict[str, str], list[str], list[str]]:
+    """id -> RLE of every map (in ``order`` when given), the ids of ``order`` without a map
+    (encoded empty), and the maps not in ``order`` (left out)."""
+    source = maps.path
     available = set(maps.ids)
     missing: list[str] = []
     extra: list[str] = []
@@ -277,8 +306,7 @@ def encode_folder(source: str | Path, out: str | Path, *, fmt: str = SUBMISSION,
     reader.finish()
     for sample_id in missing:
         encoded[sample_id] = ""
-    atomic_write_text(out, format_rle_csv(encoded, fmt, order))
-    return EncodeResult(len(encoded), sum(1 for v in encoded.values() if v), missing, extra, post)
+    return encoded, missing, extra
 
 
 @dataclass(frozen=True)
@@ -298,14 +326,16 @@ def decode_csv_to_folder(csv_path: str | Path, out: str | Path, *,
     """
     table = read_rle_csv(csv_path)
     runs = parse_table(table, size)
-    out = prepare_output_dir(out, overwrite)
     width, height = size
+    with Outputs(inputs=[csv_path]) as outputs:
+        folder = outputs.folder(out, overwrite=overwrite)
 
-    def write(sample_id: str) -> None:
-        write_mask(out / f"{sample_id}.png", runs_to_mask(*runs[sample_id], height, width))
+        def write(sample_id: str) -> None:
+            write_mask(folder / f"{sample_id}.png",
+                       runs_to_mask(*runs[sample_id], height, width))
 
-    for _ in thread_map(write, sort_ids(runs), workers):
-        if progress:
-            progress(1)
+        for _ in thread_map(write, sort_ids(runs), workers):
+            if progress:
+                progress(1)
     return DecodeResult(table.format, len(runs), sum(1 for s, _ in runs.values() if s.size))
 

@@ -58,6 +58,10 @@ class MapSource:
     def ids(self) -> list[str]:
         return list(self.subjects)
 
+    def input_paths(self) -> list[Path]:
+        """The source and every folder its files lie in (what no output may touch)."""
+        return [self.path, *{file.parent for file in self.files.values()}]
+
     def read_values(self, sample_id: str) -> np.ndarray:
         """The map as uint8 0..255 (a probability map, or a 0/255 mask)."""
         if self.kind == "csv":

@@ -27,6 +27,7 @@ from nerveseg_cli.io.datasets import (
     Sample,
     check_sample_files,
     discover_with_columns,
+    mask_areas,
     read_manifest_columns,
     write_manifest,
 )
@@ -288,7 +289,7 @@ def read_image_table(path: str | Path, *, subject_regex: str | None = None,
     source = Path(path)
     samples, columns = discover_with_columns(source, subject_regex)
     check_sample_files(samples, source)
-    areas = MaskReader(label, str(source)).areas([s.mask for s in samples], workers, progress)
+    areas = mask_areas(samples, MaskReader(label, str(source)), workers, progress)
     return ImageTable(source, samples, columns, areas)
 
 
@@ -428,7 +429,7 @@ def check_split(manifest: str | Path, *, label: int | None = None, workers: int 
             raise NervesegError(f"{source}: fold of {sample.id} is {text!r}, not an integer "
                                 "(-1 = left out)") from None
     check_sample_files(samples, source)
-    areas = MaskReader(label, str(source)).areas([s.mask for s in samples], workers, progress)
+    areas = mask_areas(samples, MaskReader(label, str(source)), workers, progress)
     table = ImageTable(source, samples, columns, areas)
     leaks = find_leaks(folds, table.subjects, "subject")
     checked: tuple[str, ...] = ("subject",)

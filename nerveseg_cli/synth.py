@@ -12,18 +12,21 @@ a near copy (faint noise added) of earlier frames, with the opposite mask. They 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from nerveseg_cli.errors import NervesegError
-from nerveseg_cli.io.outputs import atomic_write_text, prepare_output_dir, write_image
+from nerveseg_cli.io.outputs import Outputs, atomic_write_text, write_image
 from nerveseg_cli.io.parallel import thread_map
 from nerveseg_cli.rle import format_rle_csv, rle_encode
 
 DRIFT_MARGIN = 0.06  # fraction of the size that frames may drift
+MIN_SIDE = 8
+MAX_SIDE = 4096
+MAX_TOTAL_PIXELS = 2 * 10**9
 
 
 @dataclass(frozen=True)
@@ -134,9 +137,33 @@ def synth(out: str | Path, *, subjects: int = 6, per_subject: int = 20, test: in
     (Nine keyword options, one per ``nerveseg synth`` flag, as every command's function.)"""
     if subjects < 1 or per_subject < 1 or test < 0:
         raise NervesegError("synth needs --subjects >= 1, --per-subject >= 1 and --test >= 0")
-    out = prepare_output_dir(out, overwrite)
-    (out / "train").mkdir(exist_ok=True)
-    (out / "test").mkdir(exist_ok=True)
+    check_synth_size(size, subjects * per_subject + test)
+    with Outputs() as outputs:
+        folder = outputs.folder(out, overwrite=overwrite)
+        (folder / "train").mkdir(exist_ok=True)
+        (folder / "test").mkdir(exist_ok=True)
+        result = _write_set(folder, subjects, per_subject, test, size, seed, workers, progress)
+    return replace(result, out=Path(out))
+
+
+def check_synth_size(size: tuple[int, int], images: int) -> None:
+    """synth renders every frame on a float canvas in memory: refuse what cannot be meant."""
+    width, height = size
+    if width > MAX_SIDE or height > MAX_SIDE:
+        raise NervesegError(f"--size {width}x{height}: synth draws at most {MAX_SIDE} pixels a "
+                            f"side (Kaggle's frames are 580x420; a larger canvas takes "
+                            "minutes and gigabytes per subject)")
+    if width < MIN_SIDE or height < MIN_SIDE:
+        raise NervesegError(f"--size {width}x{height}: synth needs at least {MIN_SIDE} pixels "
+                            "a side to draw a nerve")
+    if images * width * height > MAX_TOTAL_PIXELS:
+        raise NervesegError(f"{images} images of {width}x{height} are {images * width * height:,}"
+                            f" pixels; synth writes at most {MAX_TOTAL_PIXELS:,} (about 2 GB of "
+                            "files): fewer images or a smaller --size")
+
+
+def _write_set(out: Path, subjects: int, per_subject: int, test: int, size: tuple[int, int],
+               seed: int, workers: int, progress: Callable[[int], None] | None) -> SynthResult:
     train_seeds, test_seed, plant_seed = np.random.SeedSequence(seed).spawn(3)
     # Plan the planted conflicts first so that rendering can run in threads deterministically.
     subject_seeds = list(enumerate(train_seeds.spawn(subjects), start=1))

@@ -16,6 +16,7 @@ from nerveseg_cli.io.datasets import (
     discover_images,
     discover_maps,
     id_sort_key,
+    mask_areas,
     read_manifest,
     subject_of,
     validate_id,
@@ -64,17 +65,20 @@ def test_label_selects_value(tmp_path: Path) -> None:
     labels = np.array([[0, 1, 2], [2, 1, 0]], dtype=np.uint8)
     cv2.imwrite(str(tmp_path / "l.png"), labels)
     np.testing.assert_array_equal(read_mask(tmp_path / "l.png", label=2), labels == 2)
-    np.testing.assert_array_equal(read_mask(tmp_path / "l.png"), np.zeros((2, 3), bool))
+    # several classes and no --label: no single foreground, so an error naming the values
+    with pytest.raises(NervesegError, match="l.png: a label map of several classes "
+                                            r"\(values 0, 1, 2\); pass --label N"):
+        read_mask(tmp_path / "l.png")
 
 
 def test_label_map_set_warns(tmp_path: Path) -> None:
     cv2.imwrite(str(tmp_path / "l.png"), np.array([[0, 1]], dtype=np.uint8))
     with pytest.warns(NervesegWarning, match="--label"):
-        MaskReader().areas([tmp_path / "l.png"])
+        mask_areas([Sample("l", None, tmp_path / "l.png", "l")], MaskReader())
     cv2.imwrite(str(tmp_path / "m.png"), np.array([[0, 255]], dtype=np.uint8))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        MaskReader().areas([tmp_path / "m.png"])
+        mask_areas([Sample("m", None, tmp_path / "m.png", "m")], MaskReader())
 
 
 def test_mask_reader_never_forgets_a_foreground_across_threads(tmp_path: Path) -> None:
@@ -82,11 +86,12 @@ def test_mask_reader_never_forgets_a_foreground_across_threads(tmp_path: Path) -
     # set is not a label map, whatever order the threads finish in.
     cv2.imwrite(str(tmp_path / "fg.png"), np.array([[0, 255]], dtype=np.uint8))
     cv2.imwrite(str(tmp_path / "low.png"), np.array([[0, 1]], dtype=np.uint8))
-    paths = [tmp_path / "low.png"] * 200 + [tmp_path / "fg.png"] + [tmp_path / "low.png"] * 200
+    names = ["low.png"] * 200 + ["fg.png"] + ["low.png"] * 200
+    samples = [Sample(str(i), None, tmp_path / name, "s") for i, name in enumerate(names)]
     for _ in range(5):
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            MaskReader().areas(paths, workers=8)
+            mask_areas(samples, MaskReader(), workers=8)
 
 
 def test_unreadable_image_is_an_error(tmp_path: Path) -> None:

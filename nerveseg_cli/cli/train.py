@@ -17,6 +17,7 @@ import typer
 from nerveseg_cli.cli._app import PANEL_TRAINING, command
 from nerveseg_cli.cli._common import (
     JsonOutput,
+    Label,
     MinArea,
     Overwrite,
     Threshold,
@@ -130,6 +131,7 @@ def train_command(
     fusion: Annotated[str | None, _opt(
         P_MODEL, "none, or apf: seed 002's adaptive pyramid fusion of three decoder levels "
         "(unet).", show_default=False)] = _D.fusion,
+    label: Label = _D.label,
     size: Annotated[str | None, _opt(
         P_DATA, "Resize to WxH (a multiple of 32), e.g. 576x448. Default: pad.",
         metavar="WxH", show_default=False)] = _D.size,

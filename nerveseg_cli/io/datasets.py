@@ -4,22 +4,28 @@ manifests."""
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from nerveseg_cli.errors import NervesegError, warn
-from nerveseg_cli.io.images import IMAGE_SUFFIXES
+from nerveseg_cli.io.images import IMAGE_SUFFIXES, MaskReader, read_image
 from nerveseg_cli.io.outputs import atomic_write_text
+from nerveseg_cli.io.parallel import thread_map
 
 MASK_SUFFIX = "_mask"
 MANIFEST_COLUMNS = ("id", "image", "mask", "subject", "has_mask")
 # An id becomes a file name, so it may not hold path separators or start with a dot.
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _KAGGLE_ID = re.compile(r"^(\d+)_(\d+)$")
+MAX_ID_LENGTH = 200
 
 
 # --------------------------------------------------------------------------------------------
@@ -27,20 +33,43 @@ _KAGGLE_ID = re.compile(r"^(\d+)_(\d+)$")
 
 
 def validate_id(sample_id: str, where: str) -> str:
-    """Return ``sample_id`` if it is safe to use as a file stem, else raise naming ``where``."""
+    """Return ``sample_id`` if it is safe to use as a file stem, else raise naming ``where``.
+
+    Every id goes through here, from a CSV or from a file name: ids become file names (and
+    CSV fields), so they hold no separator, quote, comma, space or newline, and leave room
+    for the longest name made of them (``RANK_ID.png``, ``ID_mask.png``) on any file system.
+    """
     if not _ID_PATTERN.match(sample_id) or ".." in sample_id:
+        shown = sample_id if len(sample_id) <= 60 else sample_id[:60] + "..."
         raise NervesegError(
-            f"{where}: id {sample_id!r} is not a safe file name "
+            f"{where}: id {shown!r} is not a safe file name "
             "(letters, digits, '_', '.', '-' only, not starting with '.')"
         )
+    if len(sample_id) > MAX_ID_LENGTH:
+        raise NervesegError(f"{where}: id {sample_id[:40]!r}... has {len(sample_id)} "
+                            f"characters; at most {MAX_ID_LENGTH} (file names are limited to "
+                            "255 bytes)")
     return sample_id
+
+
+@functools.lru_cache(maxsize=16)
+def compile_subject_regex(text: str) -> re.Pattern:
+    """``--subject-regex``: a valid regex with a group (the subject), else a one-line error."""
+    try:
+        pattern = re.compile(text)
+    except re.error as exc:
+        raise NervesegError(f"--subject-regex {text!r} is not a valid regex ({exc})") from None
+    if pattern.groups < 1:
+        raise NervesegError(f"--subject-regex {text!r} has no group; its first group is the "
+                            "subject, e.g. '^(\\w+?)_' or '^(p[0-9]+)-'")
+    return pattern
 
 
 def subject_of(sample_id: str, subject_regex: str | None = None) -> str:
     """Kaggle ``SUBJECT_N`` ids give ``SUBJECT``; else the regex's first group; else the id."""
     if subject_regex:
-        match = re.search(subject_regex, sample_id)
-        if match and match.groups():
+        match = compile_subject_regex(subject_regex).search(sample_id)
+        if match and match.group(1):
             return match.group(1)
         return sample_id
     match = _KAGGLE_ID.match(sample_id)
@@ -70,6 +99,51 @@ class Sample:
     mask: Path | None
     subject: str
     has_mask: bool | None = None  # whether the mask is non-empty; None when not yet known
+    origin: str = ""  # "MANIFEST, line N" for a manifest row, to name it in errors
+
+
+@contextmanager
+def naming(sample: Sample) -> Iterator[None]:
+    """Errors reading a manifest row's files name the manifest, the line and the id."""
+    try:
+        yield
+    except NervesegError as exc:
+        if not sample.origin:
+            raise
+        raise NervesegError(f"{sample.origin} (id {sample.id}): {exc}") from None
+
+
+def load_image(sample: Sample) -> np.ndarray:
+    """A sample's image as 2-D uint8 (errors name its manifest row)."""
+    if sample.image is None:
+        raise NervesegError(f"{sample.origin or sample.id}: {sample.id} has no image")
+    with naming(sample):
+        return read_image(sample.image)
+
+
+def load_mask(sample: Sample, reader: MaskReader) -> np.ndarray:
+    """A sample's mask by ``reader``'s rule (errors name its manifest row)."""
+    if sample.mask is None:
+        raise NervesegError(f"{sample.origin or sample.id}: {sample.id} has no mask")
+    with naming(sample):
+        return reader.read(sample.mask)
+
+
+def mask_areas(samples: Sequence[Sample], reader: MaskReader, workers: int = 4,
+               progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """Foreground pixel count of each sample's mask (-1 without one), read in threads without
+    keeping the masks; then ``reader.finish()``."""
+
+    def area(sample: Sample) -> int:
+        result = -1 if sample.mask is None else int(np.count_nonzero(load_mask(sample, reader)))
+        if progress:
+            progress(1)
+        return result
+
+    counts = np.fromiter(thread_map(area, samples, workers), dtype=np.int64,
+                         count=len(samples))
+    reader.finish()
+    return counts
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -81,7 +155,7 @@ def _image_files(folder: Path) -> list[Path]:
 def _by_stem(files: Iterable[Path], folder: Path) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for file in files:
-        stem = file.stem
+        stem = validate_id(file.stem, str(file))
         if stem in found:
             raise NervesegError(f"{folder}: two files share the id {stem!r}: "
                                 f"{found[stem].name} and {file.name}")
@@ -209,7 +283,9 @@ def read_manifest_columns(path: str | Path) -> tuple[list[Sample], dict[str, lis
     samples: list[Sample] = []
     seen: set[str] = set()
     for line, row in rows:
-        row = row + [""] * (len(header) - len(row))
+        if len(row) != len(header):
+            raise NervesegError(f"{path}, line {line}: {len(row)} fields, but the header has "
+                                f"{len(header)} ({','.join(header)})")
         for name, index in extra_col.items():
             extra[name].append(row[index].strip())
         sample_id = validate_id(row[col["id"]].strip(), f"{path}, line {line}")
@@ -223,7 +299,7 @@ def read_manifest_columns(path: str | Path) -> tuple[list[Sample], dict[str, lis
             raise NervesegError(f"{path}, line {line}: has_mask must be 0, 1 or empty, "
                                 f"not {flag!r}")
         samples.append(Sample(sample_id, image, mask, row[col["subject"]].strip() or sample_id,
-                              None if flag == "" else flag == "1"))
+                              None if flag == "" else flag == "1", f"{path}, line {line}"))
     if not samples:
         raise NervesegError(f"{path}: manifest has no rows")
     return samples, extra

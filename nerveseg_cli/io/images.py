@@ -5,35 +5,54 @@
   images clipped to [0, 255]; colour images are converted to grayscale with OpenCV's luma weights
   (alpha dropped).
 * A mask pixel is foreground when its value exceeds half its type's range (> 127 for 8-bit,
-  > 32767 for 16-bit); a colour mask is foreground where any channel is. ``label=N`` instead
-  selects the pixels equal to N, read before any conversion.
+  > 32767 for 16-bit); a colour mask is foreground where any channel is. A palette PNG is read
+  as its class indices (LabelMe, CVAT and VOC tools export label maps so). ``label=N`` instead
+  selects the pixels equal to N, read before any conversion; :class:`MaskReader` holds the
+  rules for label maps.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Iterable
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from nerveseg_cli.errors import NervesegError, warn
-from nerveseg_cli.io.parallel import thread_map
+
+# OpenCV prints codec errors ("[ERROR] ... TIFF_Error ...") itself; nerveseg reports an
+# unreadable file as one error line of its own instead.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+# The largest image a size option may name: a mask of it is 100 MB in memory, per worker
+# thread (rle-decode, score and rle-encode decode Kaggle CSVs at --size).
+MAX_PIXELS = 10**8
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_PALETTE = 3  # the PNG colour type of palette (indexed) images
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """Parse ``WxH`` (e.g. ``580x420``) into ``(width, height)``."""
-    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+def parse_size(text: str, option: str = "--size") -> tuple[int, int]:
+    """Parse ``WxH`` (e.g. ``580x420``) into ``(width, height)``, at most MAX_PIXELS."""
+    match = re.fullmatch(r"\s*(\d{1,9})\s*[xX]\s*(\d{1,9})\s*", text)
     if not match or int(match.group(1)) < 1 or int(match.group(2)) < 1:
-        raise NervesegError(f"size {text!r} is not WxH with positive integers, e.g. 580x420")
-    return int(match.group(1)), int(match.group(2))
+        raise NervesegError(f"{option} {text!r} is not WxH with positive integers, e.g. "
+                            "580x420")
+    width, height = int(match.group(1)), int(match.group(2))
+    if width * height > MAX_PIXELS:
+        raise NervesegError(f"{option} {text}: {width * height:,} pixels is more than the "
+                            f"{MAX_PIXELS:,} nerveseg accepts (one such mask takes 100 MB of "
+                            "memory per worker)")
+    return width, height
 
 
 def read_raw(path: Path) -> np.ndarray:
     """The array OpenCV decodes from ``path``, unconverted."""
+    if path.is_dir():
+        raise NervesegError(f"{path}: is a folder, not an image file")
     if not path.is_file():
         raise NervesegError(f"{path}: no such file")
     data = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
@@ -65,6 +84,33 @@ def read_image(path: str | Path) -> np.ndarray:
     return to_uint8_gray(read_raw(Path(path)))
 
 
+def png_colour_type(path: Path) -> int | None:
+    """The colour type in a PNG's header (3 = palette), or None for a file that is not a PNG."""
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(26)
+    except OSError:
+        return None
+    if len(header) < 26 or header[:8] != PNG_SIGNATURE or header[12:16] != b"IHDR":
+        return None
+    return header[25]
+
+
+def read_mask_array(path: Path) -> np.ndarray:
+    """A mask file's values: a palette PNG's class indices (Pillow; OpenCV would return the
+    palette's colours), else what OpenCV decodes."""
+    if png_colour_type(path) == PNG_PALETTE:
+        from PIL import Image
+
+        try:
+            with Image.open(path) as image:
+                if image.mode == "P":
+                    return np.asarray(image)
+        except (OSError, ValueError) as exc:
+            raise NervesegError(f"{path}: not a readable palette PNG ({exc})") from None
+    return read_raw(path)
+
+
 def mask_from_array(data: np.ndarray, label: int | None = None) -> np.ndarray:
     """The foreground of a decoded mask (the mask rule of the module docstring)."""
     if label is not None:
@@ -81,12 +127,33 @@ def mask_from_array(data: np.ndarray, label: int | None = None) -> np.ndarray:
     return fg
 
 
-class MaskReader:
-    """Reads the masks of one set by one rule, and notices a set that is probably a label map.
+def distinct_values(data: np.ndarray) -> list[int]:
+    """The values present in an integer map, ascending (a colour map: its packed colours)."""
+    if data.ndim == 3:
+        channels = data[:, :, : min(3, data.shape[2])].astype(np.int64)
+        packed = sum(channels[:, :, c] << (16 * c) for c in range(channels.shape[2]))
+        return np.unique(packed).tolist()
+    if data.dtype in (np.uint8, np.uint16):
+        return np.flatnonzero(np.bincount(data.ravel())).tolist()
+    return np.unique(data).astype(np.int64).tolist()
 
-    Without a label, a set whose non-zero values never exceed half range reads as all empty,
-    which is almost always a label map (0/1/2...) read without ``--label``: ``finish`` warns
-    then. ``read`` may run in several threads at once: the flags only ever turn True.
+
+def format_values(values: Iterable[int], most: int = 12) -> str:
+    ordered = sorted(values)
+    text = ", ".join(map(str, ordered[:most]))
+    return text + (f" ... ({len(ordered)} values)" if len(ordered) > most else "")
+
+
+class MaskReader:
+    """Reads the masks of one set by one rule (docs/formats.md, "How pixels are read"), the
+    one reader every command uses.
+
+    Without a label: a palette PNG is foreground where its index is not 0; any mask that is a
+    label map of several classes (a palette with two or more non-zero indices, small integer
+    values 0/1/2..., or several colours) is an error suggesting ``--label``; and a set whose
+    non-zero values never exceed half range reads as all empty, which ``finish`` warns about.
+    With ``label=N``: foreground = value N (a palette's index N), and ``finish`` refuses a set
+    where no pixel equals N, listing the values seen. ``read`` may run in several threads.
     """
 
     def __init__(self, label: int | None = None, source: str = "masks") -> None:
@@ -94,13 +161,53 @@ class MaskReader:
         self.source = source
         self.any_nonzero = False
         self.any_foreground = False
+        self.read_any = False
+        self.values_seen: set[int] = set()
+        self._lock = threading.Lock()
 
     def read(self, path: str | Path) -> np.ndarray:
         """The mask in ``path`` as a 2-D bool array."""
-        raw = read_raw(Path(path))
-        mask = mask_from_array(raw, self.label)
+        path = Path(path)
+        raw = read_mask_array(path)
+        if self.label is not None:
+            mask = mask_from_array(raw, self.label)
+            self._note_label(raw, mask)
+            return mask
+        if png_colour_type(path) == PNG_PALETTE and raw.ndim == 2:
+            self._refuse_label_map(path, raw, distinct_values(raw))
+            mask = raw != 0
+        else:
+            self._refuse_label_map(path, raw, None)
+            mask = mask_from_array(raw, None)
         self.note(raw, mask)
         return mask
+
+    def _refuse_label_map(self, path: Path, raw: np.ndarray, values: list[int] | None) -> None:
+        """A map of several classes has no single foreground: say so, with its values."""
+        if values is None:
+            if not np.issubdtype(raw.dtype, np.integer):
+                return
+            if raw.ndim == 2 and int(raw.max(initial=0)) > np.iinfo(raw.dtype).max // 2:
+                return  # values above half range: the usual 0/255 (or lossy) mask
+            values = distinct_values(raw)
+        classes = [v for v in values if v != 0]
+        if len(classes) < 2:
+            return
+        what = "colours" if raw.ndim == 3 else "values"
+        raise NervesegError(f"{path}: a label map of several classes ({what} "
+                            f"{format_values(values)}); pass --label N to take class N as the "
+                            "foreground (docs/formats.md)")
+
+    def _note_label(self, raw: np.ndarray, mask: np.ndarray) -> None:
+        self.read_any = True
+        if self.any_foreground:
+            return
+        if mask.any():
+            self.any_foreground = True
+            return
+        values = distinct_values(raw if raw.ndim == 2 else raw.max(axis=2))
+        with self._lock:
+            self.values_seen.update(values)
 
     def note(self, raw: np.ndarray, foreground: np.ndarray) -> None:
         """Record one decoded map and its foreground (for maps read by other means)."""
@@ -112,25 +219,17 @@ class MaskReader:
             self.any_nonzero = True
 
     def finish(self) -> None:
-        """Warn once if every mask read as empty although some held non-zero values."""
+        """After the set: refuse a label no pixel has; warn if every mask read as empty
+        although some held non-zero values."""
+        if self.label is not None:
+            if self.read_any and not self.any_foreground:
+                raise NervesegError(f"{self.source}: no pixel of any mask equals --label "
+                                    f"{self.label} (values seen: "
+                                    f"{format_values(self.values_seen)})")
+            return
         if self.any_nonzero and not self.any_foreground:
             warn(f"{self.source}: values never exceed half their range, so every mask reads "
                  "as empty; for a label map (0/1/2...) pass --label N")
-
-    def areas(self, paths: Sequence[Path | None], workers: int = 4,
-              progress: Callable[[int], None] | None = None) -> np.ndarray:
-        """Foreground pixel count of each mask (-1 where the path is None), reading in threads
-        without keeping the masks; warns as ``finish`` does."""
-
-        def area(path: Path | None) -> int:
-            result = -1 if path is None else int(np.count_nonzero(self.read(path)))
-            if progress:
-                progress(1)
-            return result
-
-        counts = np.fromiter(thread_map(area, paths, workers), dtype=np.int64, count=len(paths))
-        self.finish()
-        return counts
 
 
 def read_mask(path: str | Path, label: int | None = None) -> np.ndarray:

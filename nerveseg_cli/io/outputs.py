@@ -1,16 +1,28 @@
-"""Writing outputs: atomic files, and the checks on output folders and files.
+"""Writing outputs: atomic files, and :class:`Outputs`, the one place that enforces the
+output rules of docs/formats.md for every command:
 
-Every file is written to a temporary file beside its target and renamed over it only when
-complete, so an interrupted command never leaves a truncated file (docs/formats.md).
+* an output is checked before anything is written (a file, or a non-empty folder without
+  ``--overwrite``, is refused);
+* no output may be an input, lie inside an input folder, or (a folder) hold an input, the
+  same path reached through a symlink included;
+* a command's outputs are written away from their place (a hidden ``.NAME.*.partial`` folder
+  beside it) and put in place together when the command succeeds, so a failed command leaves
+  its outputs as it found them; outputs that a ``--resume`` continues (predict, crf, train)
+  are written in place, and a failed run removes what it added unless it is resumable;
+* every file is written to a temporary file and renamed over its target only when complete,
+  and a write that fails names the output, not the temporary file.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 from typing import IO, Any
 
 import numpy as np
@@ -27,16 +39,27 @@ os.umask(_UMASK)
 def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
     """Open a temp file beside ``path`` and rename it over ``path`` only on success."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise write_error(path, exc) from None
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs get the usual mode
     try:
         with os.fdopen(fd, mode, **kwargs) as handle:
             yield handle
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise write_error(path, exc) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_error(path: Path, exc: OSError) -> NervesegError:
+    """A failed write, named by its output (read-only place, disk full ...)."""
+    return NervesegError(f"{path}: cannot write ({exc.strerror or type(exc).__name__})")
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -86,3 +109,179 @@ def check_output_file(path: str | Path, overwrite: bool) -> Path:
     if path.exists() and not overwrite:
         raise NervesegError(f"{path}: output file exists (pass --overwrite to replace it)")
     return path
+
+
+# --------------------------------------------------------------------------------------------
+# a command's outputs
+
+
+def real_path(path: str | Path) -> Path:
+    """The absolute path with every symlink resolved (for paths that do not exist yet too)."""
+    return Path(os.path.realpath(os.path.abspath(path)))
+
+
+@dataclass
+class _Staged:
+    final: Path
+    stage: Path  # a hidden folder beside final
+    is_folder: bool
+
+
+@dataclass
+class _InPlace:
+    path: Path
+    existed: bool
+    before: set[str]
+    resumable: Callable[[set[str]], bool]
+
+
+@dataclass
+class Outputs:
+    """The outputs of one command, guarded against its inputs and written all or nothing
+    (module docstring). Use as a context manager::
+
+        with Outputs(inputs=[images]) as outputs:
+            folder = outputs.folder(out, overwrite=overwrite)   # checked now
+            ...  # long work, then write into folder
+        # on success the folder is in place; on an error nothing of it is
+    """
+
+    inputs: list[Path] = field(default_factory=list)
+    _staged: list[_Staged] = field(default_factory=list)
+    _in_place: list[_InPlace] = field(default_factory=list)
+    _made: list[Path] = field(default_factory=list)  # folders made for the outputs
+
+    def __post_init__(self) -> None:
+        self.inputs = [real_path(p) for p in self.inputs if p is not None]
+
+    def add_inputs(self, paths: Iterable[str | Path | None]) -> None:
+        self.inputs.extend(real_path(p) for p in paths if p is not None)
+
+    def folder(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Check an output folder and return the folder to write its contents into."""
+        path = Path(path)
+        check_output_dir(path, overwrite)
+        self._guard(path, is_folder=True)
+        stage = self._stage(path)
+        self._staged.append(_Staged(path, stage, True))
+        return stage
+
+    def file(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Check an output file and return the path to write it to."""
+        path = Path(path)
+        check_output_file(path, overwrite)
+        self._guard(path, is_folder=False)
+        stage = self._stage(path)
+        self._staged.append(_Staged(path, stage, False))
+        return stage / path.name
+
+    def resumable_folder(self, path: str | Path, *, overwrite: bool = False,
+                         resume: bool = False,
+                         resumable: Callable[[set[str]], bool] = lambda added: False) -> Path:
+        """Check an output folder that a later ``--resume`` continues, and create it: files go
+        straight into it. If the command fails, the files it added are removed unless
+        ``resumable(names added)`` says a resume can use them."""
+        path = Path(path)
+        check_output_dir(path, overwrite, resume)
+        self._guard(path, is_folder=True)
+        existed = path.is_dir()
+        before = {p.name for p in path.iterdir()} if existed else set()
+        self._make_parents(path)
+        try:
+            path.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise write_error(path, exc) from None
+        if not existed:
+            self._made.append(path)
+        self._in_place.append(_InPlace(path, existed, before, resumable))
+        return path
+
+    def _guard(self, path: Path, is_folder: bool) -> None:
+        real = real_path(path)
+        for source in self.inputs:
+            if real == source:
+                problem = "is also an input"
+            elif real.is_relative_to(source):
+                problem = f"lies inside the input {source}"
+            elif is_folder and source.is_relative_to(real):
+                problem = f"holds the input {source}"
+            else:
+                continue
+            raise NervesegError(f"{path}: the output {problem}; inputs are never modified, "
+                                "choose another output")
+
+    def _make_parents(self, path: Path) -> None:
+        missing = [p for p in reversed(path.absolute().parents) if not p.exists()]
+        for parent in missing:
+            try:
+                parent.mkdir()
+            except OSError as exc:
+                raise write_error(path, exc) from None
+            self._made.append(parent)
+
+    def _stage(self, final: Path) -> Path:
+        self._make_parents(final)
+        try:
+            stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial",
+                                          dir=final.absolute().parent))
+        except OSError as exc:
+            raise write_error(final, exc) from None
+        os.chmod(stage, 0o777 & ~_UMASK)  # mkdtemp makes 0700 folders
+        return stage
+
+    def __enter__(self) -> Outputs:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        if error is None:
+            self._commit()
+            return
+        self._roll_back()
+        if isinstance(error, NervesegError):
+            message = str(error)
+            for staged in self._staged:  # name the output, not its hidden stage
+                target = staged.final if staged.is_folder else staged.final.parent
+                message = message.replace(str(staged.stage), str(target))
+            if message != str(error):
+                raise NervesegError(message) from None
+
+    def _commit(self) -> None:
+        for staged in self._staged:
+            if not staged.is_folder:
+                os.replace(staged.stage / staged.final.name, staged.final)
+                staged.stage.rmdir()
+            elif not staged.final.exists():
+                os.rename(staged.stage, staged.final)
+            else:
+                _merge_into(staged.stage, staged.final)
+
+    def _roll_back(self) -> None:
+        for staged in self._staged:
+            shutil.rmtree(staged.stage, ignore_errors=True)
+        for place in self._in_place:
+            if not place.path.is_dir():
+                continue
+            added = {p.name for p in place.path.iterdir()} - place.before
+            if added and place.resumable(added):
+                continue
+            for name in added:
+                target = place.path / name
+                shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+        for folder in reversed(self._made):  # children before parents
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+
+
+def _merge_into(stage: Path, final: Path) -> None:
+    """Move every entry of ``stage`` into the existing folder ``final`` (files of the same name
+    are replaced, others left alone), then remove ``stage``."""
+    for entry in stage.iterdir():
+        target = final / entry.name
+        if entry.is_dir() and target.is_dir():
+            _merge_into(entry, target)
+        else:
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(entry, target)
+    stage.rmdir()

@@ -17,8 +17,8 @@ import torch
 
 from nerveseg_cli.errors import NervesegError
 from nerveseg_cli.geometry import Geometry
-from nerveseg_cli.io.datasets import Sample, discover_with_columns
-from nerveseg_cli.io.images import read_image, read_mask
+from nerveseg_cli.io.datasets import Sample, discover_with_columns, load_image, load_mask
+from nerveseg_cli.io.images import MaskReader
 from nerveseg_cli.io.parallel import thread_map
 
 MEMMAP_ABOVE_BYTES = 4 * 2**30
@@ -88,7 +88,7 @@ def select_folds(path: str | Path, fold: str) -> FoldSplit:
 
 def image_shapes(samples: Sequence[Sample], workers: int) -> list[tuple[int, int]]:
     """Height and width of every image (read from file headers by decoding; cached later)."""
-    return list(thread_map(lambda s: read_image(s.image).shape, samples, workers))
+    return list(thread_map(lambda s: load_image(s).shape, samples, workers))
 
 
 @dataclass
@@ -103,9 +103,15 @@ class CachedSet:
 
 
 def cache_samples(samples: Sequence[Sample], geometry: Geometry, *, keep_original: bool,
-                  workers: int = 4, scratch: Path | None = None,
+                  reader: MaskReader | None = None, workers: int = 4,
+                  scratch: Path | None = None,
                   progress: Callable[[int], None] | None = None) -> CachedSet:
-    """Decode every image and mask once into uint8 arrays at the training geometry."""
+    """Decode every image and mask once into uint8 arrays at the training geometry; masks by
+    ``reader``'s rule (``--label``). The caller calls ``reader.finish()`` once every set of a
+    run is read (a fold may well hold no foreground); without a reader, one is made and
+    finished here."""
+    own_reader = reader is None
+    reader = reader or MaskReader()
     n = len(samples)
     shape = (n, geometry.height, geometry.width)
     if n * geometry.height * geometry.width * 2 > MEMMAP_ABOVE_BYTES:
@@ -120,8 +126,8 @@ def cache_samples(samples: Sequence[Sample], geometry: Geometry, *, keep_origina
 
     def load(index: int) -> None:
         sample = samples[index]
-        image = read_image(sample.image)
-        mask = read_mask(sample.mask)
+        image = load_image(sample)
+        mask = load_mask(sample, reader)
         if mask.shape != image.shape:
             raise NervesegError(f"{sample.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but its "
                                 f"image is {image.shape[1]}x{image.shape[0]}")
@@ -135,6 +141,8 @@ def cache_samples(samples: Sequence[Sample], geometry: Geometry, *, keep_origina
 
     for _ in thread_map(load, list(range(n)), workers):
         pass
+    if own_reader:
+        reader.finish()
     return CachedSet(images, masks, positive,
                      [m for m in originals if m is not None] if keep_original else [],
                      [s.id for s in samples])

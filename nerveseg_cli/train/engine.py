@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from nerveseg_cli.device import autocast_for, resolve_amp, resolve_device, seed_everything
 from nerveseg_cli.errors import NervesegError
 from nerveseg_cli.geometry import Geometry, normalise_input
-from nerveseg_cli.io.images import parse_size
+from nerveseg_cli.io.images import MaskReader, parse_size
 from nerveseg_cli.io.outputs import atomic_write_text, check_output_dir
 from nerveseg_cli.io.parallel import prefetch
 from nerveseg_cli.models import build_model, count_parameters
@@ -166,10 +166,13 @@ class Trainer:
             self.geometry = saved.geometry
         else:
             self.geometry = self._choose_geometry(split.train + split.val)
+        reader = MaskReader(options.label, options.manifest)
         self.train_set = cache_samples(split.train, self.geometry, keep_original=False,
-                                       workers=options.workers)
+                                       reader=reader, workers=options.workers)
         self.val_set = cache_samples(split.val, self.geometry, keep_original=True,
-                                     workers=options.workers) if split.val else None
+                                     reader=reader, workers=options.workers) \
+            if split.val else None
+        reader.finish()
         if saved is not None:
             self.mean, self.std = saved.mean, saved.std
         else:

@@ -43,7 +43,8 @@ class TrainOptions(DictRecord):
     activation: str | None = None
     context: str | None = None
     fusion: str | None = None
-    # geometry
+    # data and geometry
+    label: int | None = None  # masks are label maps: foreground = value N
     size: str | None = None
     pad: bool = False
     # loss

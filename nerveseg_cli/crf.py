@@ -51,12 +51,12 @@ import numpy as np
 from nerveseg_cli.errors import NervesegError
 from nerveseg_cli.io.datasets import Sample, discover_images, sort_ids
 from nerveseg_cli.io.images import read_raw, to_uint8_gray
-from nerveseg_cli.io.outputs import prepare_output_dir
+from nerveseg_cli.io.outputs import Outputs
 from nerveseg_cli.io.parallel import thread_map
 from nerveseg_cli.probmaps import (
     PRESENCE_CSV,
     ProbabilityFolder,
-    read_prediction_json,
+    check_resume,
     read_probability_folder,
     read_probability_values,
     write_prediction_json,
@@ -268,22 +268,6 @@ def match_images(folder: ProbabilityFolder, images: str | Path) -> dict[str, Sam
     return samples
 
 
-def _check_resume_options(out: Path, options: dict) -> None:
-    previous = read_prediction_json(out)
-    if previous is None:
-        return
-    if previous.get("command") != "crf":
-        raise NervesegError(f"{out}: was written by {previous.get('command')!r}, not crf; "
-                            "--resume only continues a crf run")
-    before = previous.get("options", {})
-    differing = [k for k in options if k in before and before[k] != options[k]]
-    if differing:
-        key = differing[0]
-        raise NervesegError(f"{out}: was written with --{key.replace('_', '-')} {before[key]}, "
-                            f"not {options[key]}; --resume needs the same options (or use "
-                            "--overwrite)")
-
-
 def crf(probs: str | Path, images: str | Path, out: str | Path, *,
         params: CrfParams = CrfParams(), workers: int | None = None, resume: bool = False,
         overwrite: bool = False,
@@ -301,13 +285,12 @@ def crf(probs: str | Path, images: str | Path, out: str | Path, *,
         raise NervesegError(f"--workers {workers} must be >= 1")
     folder = read_probability_folder(probs)
     samples = match_images(folder, images)
-    for path in (Path(probs), Path(images)):
-        if path.resolve() == out.resolve():
-            raise NervesegError(f"{out}: the output folder is also an input; choose another "
-                                "--out (inputs are never modified)")
+    Outputs.preflight(_input_paths(probs, images, samples), folders=[out], overwrite=overwrite,
+                      resume=resume)
     options = asdict(params)
+    inputs = {"probabilities": str(probs), "images": str(images)}
     if resume and not overwrite:
-        _check_resume_options(out, options)
+        check_resume(out, "crf", inputs, options)
     done = {i for i in folder.ids if (out / f"{i}.png").is_file()} if resume else set()
     todo = [i for i in folder.ids if i not in done]
 
@@ -321,10 +304,31 @@ def crf(probs: str | Path, images: str | Path, out: str | Path, *,
 
     for _ in thread_map(check, todo, 4):
         pass
-    out = prepare_output_dir(out, overwrite, resume)
+    with Outputs(_input_paths(probs, images, samples)) as outputs:
+        out = outputs.resumable_folder(out, overwrite=overwrite, resume=resume,
+                                       resumable=_has_maps)
+        _refine_all(folder, samples, todo, done, out, params, inputs, workers, progress)
+    return CrfResult(out, todo, sort_ids(done), folder.presence is not None)
+
+
+def _input_paths(probs: str | Path, images: str | Path,
+                 samples: dict[str, Sample]) -> list[Path]:
+    return [Path(probs), Path(images), *{s.image.parent for s in samples.values() if s.image}]
+
+
+def _has_maps(added: set[str]) -> bool:
+    """Whether a failed run left complete maps a --resume can keep."""
+    return any(name.endswith(".png") for name in added)
+
+
+def _refine_all(folder: ProbabilityFolder, samples: dict[str, Sample], todo: list[str],
+                done: set[str], out: Path, params: CrfParams, inputs: dict[str, str],
+                workers: int, progress: Callable[[int], None] | None) -> None:
+    """Refine the ``todo`` maps into ``out``, with presence and provenance (crf's checked
+    plan, handed over as it stands)."""
+    options = asdict(params)
     tasks = [CrfTask(i, folder.files[i], samples[i].image, out / f"{i}.png",
                      folder.sizes[i], params) for i in todo]
-    inputs = {"probabilities": str(probs), "images": str(images)}
     # Written first as incomplete, so an interrupted folder says what it is and a --resume
     # with other options is refused; rewritten as complete at the end.
     write_prediction_json(out, "crf", inputs, options, upstream=folder.prediction,
@@ -337,4 +341,3 @@ def crf(probs: str | Path, images: str | Path, out: str | Path, *,
     write_prediction_json(out, "crf", inputs, options, upstream=folder.prediction,
                           extra={"complete": True, "images": len(folder.ids),
                                  "skipped_on_resume": len(done)})
-    return CrfResult(out, todo, sort_ids(done), folder.presence is not None)

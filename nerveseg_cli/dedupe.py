@@ -44,9 +44,8 @@ from nerveseg_cli.io.datasets import (
 )
 from nerveseg_cli.io.images import IMAGE_SUFFIXES, MaskReader, read_image
 from nerveseg_cli.io.outputs import (
+    Outputs,
     atomic_write_text,
-    check_output_file,
-    prepare_output_dir,
     write_image,
     write_mask,
 )
@@ -368,6 +367,11 @@ class DedupeResult:
     conflict_dice: float
     use_masks: bool
 
+    def input_paths(self) -> list[Path]:
+        """The image set and every folder its files lie in."""
+        folders = {f.parent for s in self.samples for f in (s.image, s.mask) if f is not None}
+        return [self.source, *folders]
+
     @property
     def kept(self) -> np.ndarray:
         return np.flatnonzero(self.actions != "drop")
@@ -480,9 +484,32 @@ def dedupe(images: str | Path, *, scope: str = "subject",
 
 
 def write_outputs(result: DedupeResult, out: str | Path, *, overwrite: bool = False,
-                  workers: int = 4) -> list[Path]:
-    """Write masks/ (propagated masks), manifest.csv, duplicates.csv and summary.json."""
-    out = prepare_output_dir(out, overwrite)
+                  montage: str | Path | None = None, montage_pairs: int = DEFAULT_MONTAGE_PAIRS,
+                  workers: int = 4) -> DedupeWritten:
+    """Write masks/ (propagated masks), manifest.csv, duplicates.csv and summary.json into
+    ``out``, and the montage when asked: all of them, or nothing."""
+    if montage is not None and Path(montage).suffix.lower() not in IMAGE_SUFFIXES:
+        raise NervesegError(f"{montage}: a montage is an image; name it .png (or .jpg, .tif)")
+    with Outputs(inputs=result.input_paths()) as outputs:
+        folder = outputs.folder(out, overwrite=overwrite)
+        picture = outputs.file(montage, overwrite=overwrite) if montage is not None else None
+        files = _write_audit(result, folder, workers)
+        drawn = total = 0
+        if picture is not None:
+            image, total = montage_picture(result, montage_pairs, workers)
+            write_image(picture, image)
+            drawn = min(total, montage_pairs)
+    return DedupeWritten([Path(out) / f.relative_to(folder) for f in files], drawn, total)
+
+
+@dataclass(frozen=True)
+class DedupeWritten:
+    files: list[Path]  # in the output folder
+    montage_pairs: int  # conflicting pairs drawn in the montage
+    conflicting_pairs: int
+
+
+def _write_audit(result: DedupeResult, out: Path, workers: int) -> list[Path]:
     written: list[Path] = []
     samples = list(result.samples)
     receivers = np.flatnonzero(result.actions == "propagate")
@@ -536,7 +563,7 @@ def _tile(image: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int]) -> 
     return draw_outline(tile, small_mask, colour)
 
 
-def montage(result: DedupeResult, max_pairs: int = DEFAULT_MONTAGE_PAIRS,
+def montage_picture(result: DedupeResult, max_pairs: int = DEFAULT_MONTAGE_PAIRS,
             workers: int = 4) -> tuple[np.ndarray, int]:
     """(BGR picture of the conflicting pairs side by side, number of conflicting pairs).
 
@@ -581,15 +608,3 @@ def montage(result: DedupeResult, max_pairs: int = DEFAULT_MONTAGE_PAIRS,
     padded = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=32)
               for r in rows]
     return np.concatenate(padded, axis=0), int(conflicting.size)
-
-
-def write_montage(result: DedupeResult, path: str | Path, *,
-                  max_pairs: int = DEFAULT_MONTAGE_PAIRS, overwrite: bool = False,
-                  workers: int = 4) -> tuple[Path, int, int]:
-    """Write montage() as a PNG; returns (path, pairs drawn, conflicting pairs)."""
-    path = check_output_file(path, overwrite)
-    if path.suffix.lower() not in IMAGE_SUFFIXES:
-        raise NervesegError(f"{path}: a montage is an image; name it .png (or .jpg, .tif)")
-    picture, total = montage(result, max_pairs, workers)
-    write_image(path, picture)
-    return path, min(total, max_pairs), total

@@ -32,10 +32,9 @@ from nerveseg_cli.errors import NervesegError
 from nerveseg_cli.io.images import parse_size
 from nerveseg_cli.io.outputs import atomic_write_text, prepare_output_dir
 from nerveseg_cli.merging import MergeRule
-from nerveseg_cli.postprocess import write_postprocess
 from nerveseg_cli.predict import PredictOptions, predict
 from nerveseg_cli.rle import EncodeResult, encode_folder
-from nerveseg_cli.score import ScoreReport, score, write_outputs
+from nerveseg_cli.score import ScoreOutputs, ScoreReport, score, write_score_outputs
 from nerveseg_cli.split import split, write_split
 from nerveseg_cli.synth import synth
 
@@ -273,7 +272,7 @@ class _Demo:
                        "--out", empty_dir, note="the all-empty submission to beat: at "
                        "threshold 1 no pixel is foreground"):
             empty = score(self.oof, self.folds, threshold=1.0)
-            write_outputs(empty, empty_dir)
+            write_score_outputs(empty, ScoreOutputs(out=empty_dir))
         lines = [ScoreLine("all empty", self.oof, None, None, float(empty.summary["dice"]))]
         for name, maps, label, note in (
                 ("oof", self.oof, "out-of-fold",
@@ -291,8 +290,7 @@ class _Demo:
                        note=note):
             report = score(maps, self.folds, sweep_thresholds=SWEEP_THRESHOLDS,
                            sweep_min_areas=sweep_areas)
-            write_outputs(report, target)
-            write_postprocess(report.sweep, post_path, str(maps), overwrite=False)
+            write_score_outputs(report, ScoreOutputs(out=target, postprocess=post_path))
         threshold, min_area, best = report.sweep.best
         return ScoreLine(label, maps, threshold, min_area, best, post_path)
 

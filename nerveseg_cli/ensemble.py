@@ -23,7 +23,7 @@ import numpy as np
 
 from nerveseg_cli.errors import NervesegError, warn
 from nerveseg_cli.io.datasets import sort_ids
-from nerveseg_cli.io.outputs import atomic_write_text, prepare_output_dir
+from nerveseg_cli.io.outputs import Outputs, atomic_write_text
 from nerveseg_cli.io.parallel import thread_map
 from nerveseg_cli.merging import MEAN, MergeRule, merge_presence, merge_stack, normalise_weights
 from nerveseg_cli.probmaps import (
@@ -92,14 +92,6 @@ def check_members(folders: Sequence[ProbabilityFolder], allow_missing: bool) -> 
     return union
 
 
-def _check_out(out: Path, inputs: Sequence[Path]) -> None:
-    resolved = out.resolve()
-    for path in inputs:
-        if path.resolve() == resolved:
-            raise NervesegError(f"{out}: the output folder is also an input; choose another "
-                                "--out (inputs are never modified)")
-
-
 # --------------------------------------------------------------------------------------------
 # the command
 
@@ -126,15 +118,21 @@ def ensemble(members: Sequence[str | Path], out: str | Path, rule: MergeRule = M
     ``prediction.json`` last.
     """
     paths = [Path(m) for m in members]
-    out = Path(out)
     _check_member_paths(paths)
     rule.validate(len(paths))
-    _check_out(out, paths)
-    folders = [read_probability_folder(p) for p in paths]
-    ids = check_members(folders, allow_missing)
-    _warn_partial_presence(folders)
-    out = prepare_output_dir(out, overwrite)
-    merger = _Merger(folders, rule, out, progress)
+    with Outputs(inputs=paths) as outputs:
+        folder = outputs.folder(out, overwrite=overwrite)
+        folders = [read_probability_folder(p) for p in paths]
+        ids = check_members(folders, allow_missing)
+        _warn_partial_presence(folders)
+        merger = _Merger(folders, rule, folder, progress)
+        return _merge_folders(merger, paths, ids, Path(out), allow_missing, workers)
+
+
+def _merge_folders(merger: _Merger, paths: Sequence[Path], ids: list[str], final: Path,
+                   allow_missing: bool, workers: int) -> EnsembleResult:
+    """Merge every id into the merger's folder (the staged output folder of ``final``)."""
+    folders, rule, out = merger.folders, merger.rule, merger.out
     results = list(thread_map(merger.merge_one, ids, workers))
     weight_table = np.stack([r[0] for r in results])
     partial = [i for i, row in zip(ids, weight_table, strict=True) if np.isnan(row).any()]
@@ -147,7 +145,7 @@ def ensemble(members: Sequence[str | Path], out: str | Path, rule: MergeRule = M
                           _options_record(rule, allow_missing),
                           upstream=[f.prediction for f in folders],
                           extra={"images": len(ids), "partial_ids": len(partial)})
-    return EnsembleResult(out, rule.method, paths, ids, partial, presence_written,
+    return EnsembleResult(final, rule.method, list(paths), ids, partial, presence_written,
                           mean_weights)
 
 

@@ -28,3 +28,11 @@ def suggest(name: str, choices: Sequence[str]) -> str:
     """``"; did you mean a, b?"`` for the choices close to ``name``, else ``""``."""
     close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)
     return f"; did you mean {', '.join(close)}?" if close else ""
+
+
+def brief(exc: BaseException, most: int = 120) -> str:
+    """An exception's first line, at most ``most`` characters, to quote inside a one-line
+    error (library messages can run to many lines, e.g. torch's unpickling advice)."""
+    lines = str(exc).strip().splitlines()
+    text = lines[0].strip() if lines else type(exc).__name__
+    return text if len(text) <= most else text[: most - 3] + "..."

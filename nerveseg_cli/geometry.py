@@ -14,6 +14,9 @@ import torch
 
 from nerveseg_cli.errors import NervesegError
 
+GEOMETRY_MODES = ("resize", "pad")
+MAX_SIDE = 32768
+
 
 @dataclass(frozen=True)
 class Geometry:
@@ -32,7 +35,15 @@ class Geometry:
 
     @classmethod
     def from_dict(cls, data: dict) -> Geometry:
-        return cls(data["mode"], int(data["width"]), int(data["height"]))
+        """A stored geometry, checked (a run folder may come from anywhere)."""
+        geometry = cls(str(data["mode"]), int(data["width"]), int(data["height"]))
+        if geometry.mode not in GEOMETRY_MODES:
+            raise ValueError(f"geometry mode {geometry.mode!r} is not one of "
+                             f"{', '.join(GEOMETRY_MODES)}")
+        if not (1 <= geometry.width <= MAX_SIDE and 1 <= geometry.height <= MAX_SIDE):
+            raise ValueError(f"geometry {geometry.width}x{geometry.height} is not 1 to "
+                             f"{MAX_SIDE} pixels a side")
+        return geometry
 
     def forward(self, image: np.ndarray, interpolation: int = cv2.INTER_AREA) -> np.ndarray:
         """Bring one 2-D image to the network's input size."""

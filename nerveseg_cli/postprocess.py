@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from nerveseg_cli.errors import NervesegError
+from nerveseg_cli.errors import NervesegError, brief
 from nerveseg_cli.io.outputs import atomic_write_text, check_output_file
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ def load_postprocess(path: str | Path) -> PostProcess:
         raise NervesegError(f"{path}: no such file") from None
     except (ValueError, KeyError, TypeError) as exc:
         raise NervesegError(f"{path}: not a postprocess.json with threshold and min_area "
-                            f"({exc})") from None
+                            f"({brief(exc)})") from None
     threshold_level(result.threshold)
     if result.min_area < 0:
         raise NervesegError(f"{path}: min_area must be >= 0")

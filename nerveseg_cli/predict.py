@@ -26,15 +26,16 @@ from nerveseg_cli.asme import DEFAULT_BASE
 from nerveseg_cli.device import autocast_for, resolve_amp, resolve_device
 from nerveseg_cli.errors import NervesegError, warn
 from nerveseg_cli.geometry import normalise_input
-from nerveseg_cli.io.datasets import Sample, discover_with_columns
+from nerveseg_cli.io.datasets import Sample, discover_with_columns, parse_folds
 from nerveseg_cli.io.images import read_image
-from nerveseg_cli.io.outputs import prepare_output_dir, write_mask
+from nerveseg_cli.io.outputs import Outputs, write_mask
 from nerveseg_cli.io.parallel import prefetch
 from nerveseg_cli.merging import merge_stack
 from nerveseg_cli.models import SegmentationNet
 from nerveseg_cli.postprocess import PostProcess, resolve_postprocess
 from nerveseg_cli.probmaps import (
     PRESENCE_CSV,
+    check_resume,
     probability_to_values,
     read_presence,
     write_prediction_json,
@@ -227,10 +228,7 @@ def out_of_fold_groups(runs: Sequence[LoadedRun], images: str | Path,
     predicted by all of them. Returns (run indices, samples) groups in manifest order of their
     first image, and the fold -> run mapping for prediction.json."""
     by_fold = _runs_by_fold(runs, images)
-    try:
-        sample_folds = [int(f) if f != "" else -1 for f in folds]
-    except ValueError:
-        raise NervesegError(f"{images}: the fold column must hold integers") from None
+    sample_folds = parse_folds(samples, folds).tolist()
     lacking = sorted({f for f in sample_folds if f >= 0} - set(by_fold))
     if lacking:
         raise NervesegError(f"{images}: no run validated on fold(s) "
@@ -357,28 +355,54 @@ def predict(runs: Sequence[str | Path], images: str | Path, out: str | Path,
     (``ID.png`` per image, ``presence.csv`` with a presence head, ``prediction.json``).
 
     ``resume`` skips ids already written in ``out`` (writes are atomic, so a file there is
-    complete)."""
+    complete) and refuses other options than the folder was written with."""
     k, n = parse_part(options.part)
     predictor = Predictor(runs, options)
     groups, fold_runs = _plan(predictor, images, k, n)
     samples = [s for _, group in groups for s in group]
-    out = prepare_output_dir(out, overwrite, resume)
-    masks_dir = prepare_output_dir(options.masks, overwrite, resume) if options.masks else None
-    done = {p.stem for p in out.glob("*.png")} if resume else set()
+    roles, record = _provenance(predictor, runs, images, (k, n), fold_runs)
+    if resume and not overwrite:
+        check_resume(out, "predict", roles, record, ignore=("part", "from_recipe"))
+    done = {p.stem for p in Path(out).glob("*.png")} if resume else set()
     groups = [(members, [s for s in group if s.id not in done]) for members, group in groups]
     todo = [s for _, group in groups for s in group]
     _check_external_presence(predictor, todo)
-    presence: dict[str, float] = {}
-    if resume and (out / PRESENCE_CSV).is_file():
-        presence.update(read_presence(out / PRESENCE_CSV))
-    _write_provenance(predictor, runs, images, out, (k, n), fold_runs)
-    started = time.perf_counter()
-    writer = _MapWriter(out, masks_dir, predictor)
-    with ThreadPoolExecutor(max_workers=max(1, options.workers)) as pool:
+    inputs = [*runs, images, options.presence_from, options.postprocess,
+              *{s.image.parent for s in samples if s.image is not None}]
+    with Outputs(inputs) as outputs:
+        out = outputs.resumable_folder(out, overwrite=overwrite, resume=resume,
+                                       resumable=_has_maps)
+        masks_dir = outputs.resumable_folder(options.masks, overwrite=overwrite,
+                                             resume=resume, resumable=_has_maps) \
+            if options.masks else None
+        presence: dict[str, float] = {}
+        if resume and (out / PRESENCE_CSV).is_file():
+            presence.update(read_presence(out / PRESENCE_CSV))
+        write_prediction_json(out, "predict", roles, record)
+        started = time.perf_counter()
+        _predict_groups(predictor, groups, _MapWriter(out, masks_dir, predictor), presence,
+                        progress)
+        if presence:
+            write_presence(out / PRESENCE_CSV, presence)
+    return PredictResult(len(todo), len(samples) - len(todo), time.perf_counter() - started,
+                         presence)
+
+
+def _has_maps(added: set[str]) -> bool:
+    """Whether a failed run left complete maps a --resume can keep."""
+    return any(name.endswith(".png") for name in added)
+
+
+def _predict_groups(predictor: Predictor, groups: list[tuple[list[int], list[Sample]]],
+                    writer: _MapWriter, presence: dict[str, float],
+                    progress: Callable[[int], None] | None) -> None:
+    """Predict each group with its runs, batch by batch, decoding the next batch while the
+    device works and writing in the pool's threads."""
+    batch_size = predictor.options.batch_size
+    with ThreadPoolExecutor(max_workers=max(1, predictor.options.workers)) as pool:
         writer.pool = pool
         for members, group in groups:
-            batches = [group[i:i + options.batch_size]
-                       for i in range(0, len(group), options.batch_size)]
+            batches = [group[i:i + batch_size] for i in range(0, len(group), batch_size)]
             for batch, decoded in prefetch(batches, lambda b: _decode(b, pool)):
                 for sample, image, (prob, value) in zip(
                         batch, decoded, predictor.predict_batch(members, batch, decoded),
@@ -389,10 +413,6 @@ def predict(runs: Sequence[str | Path], images: str | Path, out: str | Path,
                 if progress:
                     progress(len(batch))
         writer.finish()
-    if presence:
-        write_presence(out / PRESENCE_CSV, presence)
-    return PredictResult(len(todo), len(samples) - len(todo), time.perf_counter() - started,
-                         presence)
 
 
 def _plan(predictor: Predictor, images: str | Path, k: int, n: int
@@ -424,19 +444,20 @@ def _check_external_presence(predictor: Predictor, todo: Sequence[Sample]) -> No
                             f"images (first: {', '.join(absent[:5])})")
 
 
-def _write_provenance(predictor: Predictor, runs: Sequence[str | Path], images: str | Path,
-                      out: Path, part: tuple[int, int],
-                      fold_runs: dict[str, str] | None) -> None:
+def _provenance(predictor: Predictor, runs: Sequence[str | Path], images: str | Path,
+                part: tuple[int, int], fold_runs: dict[str, str] | None
+                ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The inputs and resolved options prediction.json records (and --resume compares)."""
     settings, options = predictor.settings, predictor.options
     recipe = {"run": str(runs[0]), "options": settings.from_recipe} \
         if settings.from_recipe else None
-    write_prediction_json(out, "predict", {"runs": [str(r) for r in runs], "images": images}, {
+    return {"runs": [str(r) for r in runs], "images": images}, {
         "tta": settings.tta, "tta_merge": settings.tta_merge, "merge": settings.merge,
         "asme_base": settings.asme_base, "threshold": settings.post.threshold,
         "min_area": settings.post.min_area, "presence_threshold": settings.presence_threshold,
         "presence_from": str(options.presence_from) if options.presence_from else None,
         "crf": settings.crf, "part": f"{part[0]}/{part[1]}", "out_of_fold": fold_runs,
-        "from_recipe": recipe})
+        "from_recipe": recipe}
 
 
 def _decode(batch: Sequence[Sample], pool: ThreadPoolExecutor) -> tuple[list, list]:

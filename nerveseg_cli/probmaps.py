@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 
 from nerveseg_cli import __version__
-from nerveseg_cli.errors import NervesegError, warn
+from nerveseg_cli.errors import NervesegError, brief, warn
 from nerveseg_cli.io.datasets import read_csv_rows, sort_ids, validate_id
 from nerveseg_cli.io.images import PNG_SIGNATURE
 from nerveseg_cli.io.outputs import atomic_write_text, write_image
@@ -203,7 +203,7 @@ def read_prediction_json(folder: str | Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise NervesegError(f"{path}: not valid JSON ({exc})") from None
+        raise NervesegError(f"{path}: not valid JSON ({brief(exc)})") from None
     if not isinstance(data, dict):
         raise NervesegError(f"{path}: expected a JSON object")
     return data
@@ -262,18 +262,11 @@ def write_prediction_json(folder: str | Path, command: str, inputs: Mapping[str,
     ``inputs`` maps a role to a path or a list of paths (written as absolute paths);
     ``upstream`` carries the prediction.json of the input folder(s), so provenance chains.
     """
-    def absolute(value: Any) -> Any:
-        if isinstance(value, (str, Path)):
-            return os.path.abspath(value)
-        if isinstance(value, (list, tuple)):
-            return [absolute(v) for v in value]
-        return value
-
     record: dict[str, Any] = {
         "command": command,
         "nerveseg_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "inputs": {role: absolute(value) for role, value in inputs.items()},
+        "inputs": {role: _absolute(value) for role, value in inputs.items()},
         "options": dict(options),
     }
     record.update(extra or {})
@@ -282,3 +275,46 @@ def write_prediction_json(folder: str | Path, command: str, inputs: Mapping[str,
     path = Path(folder) / PREDICTION_JSON
     atomic_write_text(path, json.dumps(record, indent=2, default=str) + "\n")
     return path
+
+
+def _absolute(value: Any) -> Any:
+    """Paths (alone or in lists) as absolute path strings; other values unchanged."""
+    if isinstance(value, (str, Path)):
+        return os.path.abspath(value)
+    if isinstance(value, (list, tuple)):
+        return [_absolute(v) for v in value]
+    return value
+
+
+def _as_json(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def check_resume(folder: str | Path, command: str, inputs: Mapping[str, Any],
+                 options: Mapping[str, Any], ignore: tuple[str, ...] = ()) -> None:
+    """A ``--resume`` continues only the same command, on the same inputs, with the same
+    options as the folder's prediction.json records: else an error naming the first
+    difference. ``ignore``: options that may differ (``--part``)."""
+    previous = read_prediction_json(folder)
+    if previous is None:
+        return
+    if previous.get("command") != command:
+        raise NervesegError(f"{folder}: was written by {previous.get('command')!r}, not "
+                            f"{command}; --resume only continues a {command} run")
+    before = previous.get("options", {})
+    for key, value in options.items():
+        if key in ignore or key not in before or before[key] == _as_json(value):
+            continue
+        flag = "--" + key.replace("_", "-")
+        raise NervesegError(f"{folder}: was written with {flag} {_shown(before[key])}, not "
+                            f"{_shown(_as_json(value))}; --resume needs the same options (or "
+                            "use --overwrite)")
+    recorded = previous.get("inputs", {})
+    for role, value in inputs.items():
+        if role in recorded and recorded[role] != _absolute(value):
+            raise NervesegError(f"{folder}: was made from {role} {recorded[role]}, not "
+                                f"{_absolute(value)}; --resume continues the same inputs")
+
+
+def _shown(value: Any) -> str:
+    return "(none)" if value is None else str(value)

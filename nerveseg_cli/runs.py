@@ -7,6 +7,7 @@ safetensors, and the resumable state is read with ``torch.load(weights_only=True
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import torch
 
 from nerveseg_cli import __version__
-from nerveseg_cli.errors import NervesegError
+from nerveseg_cli.errors import NervesegError, brief
 from nerveseg_cli.geometry import Geometry
 from nerveseg_cli.io.outputs import atomic_write_bytes, atomic_write_text
 from nerveseg_cli.models import ModelConfig, SegmentationNet, build_model
@@ -50,16 +51,23 @@ class RunConfig:
 
     @classmethod
     def from_json(cls, text: str, source: Path) -> RunConfig:
+        """Parse and check config.json (it may come from anywhere: every value is checked)."""
         try:
             data = json.loads(text)
-            return cls(ModelConfig.from_dict(data["model"]),
-                       Geometry.from_dict(data["geometry"]),
-                       float(data["normalization"]["mean"]),
-                       float(data["normalization"]["std"]),
-                       dict(data.get("training", {})),
-                       dict(data.get("inference") or {}))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise NervesegError(f"{source}: not a nerveseg run config ({exc})") from None
+            config = cls(ModelConfig.from_dict(data["model"]),
+                         Geometry.from_dict(data["geometry"]),
+                         float(data["normalization"]["mean"]),
+                         float(data["normalization"]["std"]),
+                         dict(data.get("training", {})),
+                         dict(data.get("inference") or {}))
+            if not (math.isfinite(config.mean) and math.isfinite(config.std)
+                    and config.std > 0):
+                raise ValueError(f"normalization mean {config.mean}, std {config.std}: the std "
+                                 "must be a positive number")
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            detail = f"missing {exc}" if isinstance(exc, KeyError) else brief(exc)
+            raise NervesegError(f"{source}: not a nerveseg run config ({detail})") from None
+        return config
 
 
 def read_config(run: str | Path) -> RunConfig:
@@ -88,7 +96,7 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
     try:
         state = load_file(str(path))
     except Exception as exc:  # noqa: BLE001  a damaged file is bad input
-        raise NervesegError(f"{path}: unreadable weights ({exc})") from None
+        raise NervesegError(f"{path}: unreadable weights ({brief(exc)})") from None
     result = unwrap(model).load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise NervesegError(
@@ -117,6 +125,6 @@ def load_run(run: str | Path, weights: str = BEST) -> tuple[RunConfig, Segmentat
         load_weights(model, run / weights)
     except RuntimeError as exc:  # shape mismatch
         raise NervesegError(f"{run / weights}: weights do not fit the config "
-                            f"({str(exc).splitlines()[0]})") from None
+                            f"({brief(exc)})") from None
     model.eval()
     return config, model

@@ -19,15 +19,16 @@ import numpy as np
 
 from nerveseg_cli.drawing import overlay
 from nerveseg_cli.errors import NervesegError, warn
-from nerveseg_cli.io.datasets import discover_images, sort_ids
-from nerveseg_cli.io.images import MaskReader, read_image
-from nerveseg_cli.io.outputs import (
-    atomic_write_text,
-    prepare_output_dir,
-    write_image,
-)
+from nerveseg_cli.io.datasets import discover_images, load_image, sort_ids
+from nerveseg_cli.io.images import MaskReader
+from nerveseg_cli.io.outputs import Outputs, atomic_write_text, write_image
 from nerveseg_cli.io.parallel import thread_map
-from nerveseg_cli.postprocess import PostProcess, resolve_postprocess, threshold_level
+from nerveseg_cli.postprocess import (
+    PostProcess,
+    resolve_postprocess,
+    threshold_level,
+    write_postprocess,
+)
 from nerveseg_cli.sources import MapSource, open_source
 
 N_LEVELS = 256
@@ -161,19 +162,28 @@ def summarize(counts: Counts, truth_hist: np.ndarray | None = None,
     return summary
 
 
+MAX_SWEEP_VALUES = 10_000  # a sweep grid's side; each value scores every image once
+
+
 def frange(spec: str, name: str, integer: bool = False) -> np.ndarray:
     """Parse ``start:stop:step`` (stop included) or a single value."""
     try:
         parts = [float(p) for p in spec.split(":")]
     except ValueError:
         raise NervesegError(f"{name} {spec!r} is not START:STOP:STEP") from None
+    if not all(np.isfinite(parts)):
+        raise NervesegError(f"{name} {spec!r}: START, STOP and STEP must be finite numbers")
     if len(parts) == 1:
         parts = [parts[0], parts[0], 1.0]
     if len(parts) != 3 or parts[2] <= 0 or parts[1] < parts[0]:
         raise NervesegError(f"{name} {spec!r} is not START:STOP:STEP with STEP > 0 and "
                             "STOP >= START")
     start, stop, step = parts
-    n = int(np.floor((stop - start) / step + 1e-9)) + 1
+    count = (stop - start) / step
+    if count >= MAX_SWEEP_VALUES:
+        raise NervesegError(f"{name} {spec!r} makes {count:.0f} values; at most "
+                            f"{MAX_SWEEP_VALUES} (use a larger STEP)")
+    n = int(np.floor(count + 1e-9)) + 1
     values = start + step * np.arange(n)
     return np.round(values).astype(np.int64) if integer else np.round(values, 10)
 
@@ -208,6 +218,9 @@ class ScoreReport:
     missing_predictions: list[str] = field(default_factory=list)
     sweep: Sweep | None = None
     gated: set[str] = field(default_factory=set)  # predictions emptied by presence gating
+    pred_source: MapSource | None = None  # where the maps came from (for overlays)
+    gt_source: MapSource | None = None
+    label: int | None = None
 
     @property
     def dice(self) -> np.ndarray:
@@ -282,6 +295,8 @@ def score(pred: str | Path, gt: str | Path, *, threshold: float | None = None,
     pred_source.gate_by_presence(presence_threshold, presence_from)
     gt_source = open_source(gt, size, subject_regex)
     ids, missing = _match_ids(pred_source, gt_source, allow_missing)
+    if not ids:
+        raise NervesegError(f"{gt}: no ground-truth images to score")
     missing_set = set(missing)
     reader = MaskReader(label, str(gt))
 
@@ -310,14 +325,22 @@ def score(pred: str | Path, gt: str | Path, *, threshold: float | None = None,
     intermediate = np.any(all_hist[:, 1:N_LEVELS - 1] > 0)
     report = ScoreReport(ids, [gt_source.subjects[i] for i in ids], counts, truth_hist,
                          all_hist, post, bool(intermediate or pred_source.has_prediction_json),
-                         missing, gated=pred_source.gated)
+                         missing, gated=pred_source.gated, pred_source=pred_source,
+                         gt_source=gt_source, label=label)
     if sweep_thresholds or sweep_min_areas:
         report.sweep = sweep(truth_hist, all_hist,
                              frange(sweep_thresholds, "--sweep-threshold")
                              if sweep_thresholds else np.array([post.threshold]),
-                             frange(sweep_min_areas, "--sweep-min-area", integer=True)
+                             _min_areas(sweep_min_areas)
                              if sweep_min_areas else np.array([post.min_area]))
     return report
+
+
+def _min_areas(spec: str) -> np.ndarray:
+    areas = frange(spec, "--sweep-min-area", integer=True)
+    if areas.min() < 0:
+        raise NervesegError(f"--sweep-min-area {spec!r}: areas are pixel counts, >= 0")
+    return areas
 
 
 def sweep(truth_hist: np.ndarray, all_hist: np.ndarray, thresholds: Sequence[float],
@@ -337,10 +360,51 @@ def sweep(truth_hist: np.ndarray, all_hist: np.ndarray, thresholds: Sequence[flo
 # outputs
 
 
-def write_outputs(report: ScoreReport, out: str | Path, *, overwrite: bool = False,
-                  by_subject: bool = False) -> list[Path]:
-    """Write per_image.csv, summary.json (and subjects.csv, sweep.csv) into ``out``."""
-    out = prepare_output_dir(out, overwrite)
+@dataclass(frozen=True)
+class ScoreOutputs:
+    """Where ``nerveseg score`` writes; each is optional (docs/formats.md, "Score outputs")."""
+
+    out: Path | None = None  # per_image.csv, summary.json, subjects.csv, sweep.csv
+    by_subject: bool = False
+    postprocess: Path | None = None  # a sweep's best pair, as postprocess.json
+    overlays: Path | None = None  # overlay PNGs, drawn on the images of ``images``
+    images: Path | None = None
+    worst: int | None = None  # only the N lowest-Dice images
+
+    def check(self, inputs: Sequence[str | Path], overwrite: bool) -> None:
+        """Refuse the outputs before the scoring pass (nothing is written)."""
+        if self.overlays is not None and self.images is None:
+            raise NervesegError("--overlays needs --images (the image set to draw on)")
+        Outputs.preflight([*inputs, self.images], folders=[self.out, self.overlays],
+                          files=[self.postprocess], overwrite=overwrite)
+
+
+def write_score_outputs(report: ScoreReport, targets: ScoreOutputs, *,
+                        overwrite: bool = False, workers: int = 4) -> list[Path]:
+    """Write every output ``targets`` names, all of them or (on an error) none."""
+    inputs = [*report.pred_source.input_paths(), *report.gt_source.input_paths(),
+              targets.images]
+    written: list[Path] = []
+    with Outputs(inputs=inputs) as outputs:
+        if targets.out is not None:
+            folder = outputs.folder(targets.out, overwrite=overwrite)
+            written += [targets.out / f.name for f in
+                        write_outputs(report, folder, by_subject=targets.by_subject)]
+        if report.sweep is not None and targets.postprocess is not None:
+            file = outputs.file(targets.postprocess, overwrite=overwrite)
+            write_postprocess(report.sweep, file, str(report.pred_source.path), True)
+            written.append(targets.postprocess)
+        if targets.overlays is not None and targets.images is not None:
+            folder = outputs.folder(targets.overlays, overwrite=overwrite)
+            written += [targets.overlays / f.name for f in
+                        write_overlays(report, targets.images, folder, worst=targets.worst,
+                                       workers=workers)]
+    return written
+
+
+def write_outputs(report: ScoreReport, out: Path, *, by_subject: bool = False) -> list[Path]:
+    """Write per_image.csv, summary.json (and subjects.csv, sweep.csv) into the folder
+    ``out``."""
     written = [out / "per_image.csv", out / "summary.json"]
     atomic_write_text(written[0], report.per_image().to_csv(index=False, float_format="%.6f"))
     atomic_write_text(written[1], json.dumps(report.summary, indent=2, allow_nan=True) + "\n")
@@ -362,35 +426,30 @@ def sweep_csv(result: Sweep) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_overlays(report: ScoreReport, pred: str | Path, gt: str | Path,
-                   images: str | Path, out: str | Path, *, worst: int | None = None,
-                   size: tuple[int, int] = (580, 420), label: int | None = None,
-                   overwrite: bool = False, workers: int = 4) -> list[Path]:
-    """Overlay PNGs (``RANK_ID.png``, worst first) for the ``worst`` lowest-Dice images.
-
-    (The inputs of the score, and ``score --overlays``'s options.)"""
-    image_files = {s.id: s.image for s in discover_images(images)}
+def write_overlays(report: ScoreReport, images: str | Path, out: Path, *,
+                   worst: int | None = None, workers: int = 4) -> list[Path]:
+    """Overlay PNGs (``RANK_ID.png``, worst first) in the folder ``out`` for the ``worst``
+    lowest-Dice images (all without), drawn on the images of the set ``images``."""
+    image_files = {s.id: s for s in discover_images(images)}
     order = np.lexsort((np.arange(len(report.ids)), report.dice))
     chosen = [report.ids[i] for i in order[: worst if worst is not None else len(order)]]
     absent = [i for i in chosen if i not in image_files]
     if absent:
         raise NervesegError(f"{images}: no image for {len(absent)} scored ids "
                             f"(first: {', '.join(absent[:5])})")
-    out = prepare_output_dir(out, overwrite)
-    pred_source, gt_source = open_source(pred, size), open_source(gt, size)
-    truth_reader = MaskReader(label, str(gt))  # score warned already: no finish() here
-    pred_source.gated = report.gated
+    pred_source, gt_source = report.pred_source, report.gt_source
+    truth_reader = MaskReader(report.label, str(gt_source.path))  # checked by score()
     missing = set(report.missing_predictions)
     width = len(str(len(chosen)))
 
     def draw(item: tuple[int, str]) -> Path:
         rank, sample_id = item
-        image = read_image(image_files[sample_id])
+        image = load_image(image_files[sample_id])
         truth = gt_source.read_mask(sample_id, truth_reader)
         pred_mask = (np.zeros_like(truth) if sample_id in missing
                      else report.post.apply(pred_source.read_values(sample_id)))
         if image.shape != truth.shape:
-            raise NervesegError(f"{image_files[sample_id]}: image is "
+            raise NervesegError(f"{image_files[sample_id].image}: image is "
                                 f"{image.shape[1]}x{image.shape[0]}, its mask "
                                 f"{truth.shape[1]}x{truth.shape[0]}")
         path = out / f"{rank:0{width}d}_{sample_id}.png"

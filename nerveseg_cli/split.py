@@ -28,11 +28,12 @@ from nerveseg_cli.io.datasets import (
     check_sample_files,
     discover_with_columns,
     mask_areas,
+    parse_folds,
     read_manifest_columns,
     write_manifest,
 )
 from nerveseg_cli.io.images import MaskReader
-from nerveseg_cli.io.outputs import check_output_file
+from nerveseg_cli.io.outputs import Outputs
 
 GROUPINGS = ("subject", "none")
 LEFT_OUT = -1
@@ -372,19 +373,25 @@ def split(images: str | Path, *, folds: int = 5, holdout: float | None = None,
                                       np.random.default_rng(balance_seed))
     result = SplitResult(table, fold_of_image, n_folds, holdout, group, ratio, seed, n_units)
     result.rows = fold_table(fold_of_image, table.subjects, table.mask_areas)
+    labelled = [row for row in result.rows if row.labelled and row.fold >= 0]
+    if labelled and all(row.positives == 0 for row in labelled):
+        warn(f"{images}: no fold holds an image with a mask (0% positive everywhere): every "
+             "mask read as empty; check --label, or the masks themselves")
     return result
 
 
 def write_split(result: SplitResult, path: str | Path, *, overwrite: bool = False) -> Path:
     """Write the manifest with a ``fold`` column (replacing any earlier one)."""
-    path = check_output_file(path, overwrite)
     table = result.table
+    inputs = [table.source, *{f.parent for s in table.samples for f in (s.image, s.mask)
+                              if f is not None}]
     samples = [replace(s, has_mask=None if flag < 0 else bool(flag))
                for s, flag in zip(table.samples, table.has_mask.tolist(), strict=True)]
     columns = {name: values for name, values in table.columns.items() if name != "fold"}
     columns["fold"] = [str(f) for f in result.folds.tolist()]
-    write_manifest(path, samples, columns)
-    return path
+    with Outputs(inputs=inputs) as outputs:
+        write_manifest(outputs.file(path, overwrite=overwrite), samples, columns)
+    return Path(path)
 
 
 @dataclass
@@ -421,13 +428,7 @@ def check_split(manifest: str | Path, *, label: int | None = None, workers: int 
     samples, columns = read_manifest_columns(source)
     if "fold" not in columns:
         raise NervesegError(f"{source}: manifest lacks column fold (nerveseg split adds it)")
-    folds = np.empty(len(samples), dtype=np.int64)
-    for row, (sample, text) in enumerate(zip(samples, columns["fold"], strict=True)):
-        try:
-            folds[row] = int(text)
-        except ValueError:
-            raise NervesegError(f"{source}: fold of {sample.id} is {text!r}, not an integer "
-                                "(-1 = left out)") from None
+    folds = parse_folds(samples, columns["fold"])
     check_sample_files(samples, source)
     areas = mask_areas(samples, MaskReader(label, str(source)), workers, progress)
     table = ImageTable(source, samples, columns, areas)

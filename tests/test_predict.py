@@ -118,8 +118,12 @@ def test_masks_resume_and_parts(trained: dict[str, Path], tmp_path: Path) -> Non
     assert sorted(p.name for p in masks.glob("*.png")) == first
     assert set(np.unique(read_image(masks / "1.png"))) <= {0, 255}
     (out / "3.png").unlink()
+    # a resume with other settings would mix two sets of maps: refused, naming the option
+    assert_one_line_error(run_cli("predict", trained["pad"], trained["test"], "--out", out,
+                                  "--masks", masks, "--resume", "--device", "cpu"),
+                          "was written with --threshold 0.3, not 0.5")
     result = run_cli("predict", trained["pad"], trained["test"], "--out", out, "--masks",
-                     masks, "--resume", "--device", "cpu", "--json")
+                     masks, "--threshold", "0.3", "--resume", "--device", "cpu", "--json")
     assert result.exit_code == 0, result.stderr
     data = json.loads(result.stdout)
     assert (data["written"], data["skipped (resume)"]) == (3, 2)  # 2, 3, 4 written now

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Annotated, Any
 
-import click
 import typer
 from typer.core import TyperCommand, TyperGroup
 
 from nerveseg_cli import __version__
-from nerveseg_cli.cli._common import handle_errors, install_warning_printer, state
+from nerveseg_cli.cli._common import handle_errors, install_warning_printer, print_error, state
 
 # Help panels in pipeline order; cli/__init__.py registers the commands in this order too,
 # which is the order Typer shows the panels in.
@@ -22,7 +22,7 @@ PANEL_PIPELINE = "Pipeline"
 
 
 
-def _hide_flag_metavars(params: list[click.Parameter]) -> list[click.Parameter]:
+def _hide_flag_metavars(params: list[Any]) -> list[Any]:
     """A flag takes no value, so its help line shows none (Typer would print ``<bool>``)."""
     for param in params:
         if getattr(param, "is_flag", False) and param.metavar is None:
@@ -31,12 +31,41 @@ def _hide_flag_metavars(params: list[click.Parameter]) -> list[click.Parameter]:
 
 
 class NervesegGroup(TyperGroup):
-    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+    def get_params(self, ctx: Any) -> list[Any]:
         return _hide_flag_metavars(super().get_params(ctx))
+
+    def main(self, args: Any = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True,
+             **extra: Any) -> Any:
+        """Command-line mistakes (an unknown option, a value out of range) are bad input like
+        any other: one ``error:`` line and exit code 2, not a usage panel."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except typer.TyperException as exc:  # Typer's command-line errors (click's, vendored)
+            if type(exc).__name__ == "NoArgsIsHelpError":
+                typer.echo(exc.ctx.get_help())
+                sys.exit(0)
+            print_error(_usage_message(exc))
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            print_error("aborted")
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _usage_message(exc: typer.TyperException) -> str:
+    """One line: the problem, and the command whose --help explains it."""
+    message = " ".join(exc.format_message().split())
+    context = getattr(exc, "ctx", None)
+    if context is not None:
+        message += f" (see '{context.command_path} --help')"
+    return message
 
 
 class NervesegCommand(TyperCommand):
-    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+    def get_params(self, ctx: Any) -> list[Any]:
         return _hide_flag_metavars(super().get_params(ctx))
 
 

@@ -26,12 +26,19 @@ class _State:
 
 
 state = _State()
-stdout = Console(highlight=False, soft_wrap=False)
-stderr = Console(stderr=True, highlight=False)
+# Paths, ids and messages are user text: no markup, no emoji codes (a path with ":100:" stays as
+# it is), no highlighting.
+stdout = Console(highlight=False, soft_wrap=False, markup=False, emoji=False)
+stderr = Console(stderr=True, highlight=False, markup=False, emoji=False)
+
+
+def print_error(message: str) -> None:
+    """``error: ...`` on stderr, as one line (line breaks inside a message become spaces)."""
+    stderr.print(f"error: {' '.join(str(message).split())}", soft_wrap=True)
 
 
 def fail(message: str) -> typer.Exit:
-    stderr.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    print_error(message)
     return typer.Exit(code=2)
 
 

@@ -91,24 +91,18 @@ def dedupe_command(
     json_output: JsonOutput = False,
 ) -> None:
     """Find exact and near-duplicate images, their label conflicts, and repair them."""
-    from nerveseg_cli.dedupe import dedupe, write_montage, write_outputs
-    from nerveseg_cli.io.outputs import check_output_dir, check_output_file
+    from nerveseg_cli.dedupe import dedupe, write_outputs
+    from nerveseg_cli.io.outputs import Outputs
 
     # Refuse unusable outputs before the (possibly long) decoding pass.
-    check_output_dir(out, overwrite)
-    if montage is not None:
-        check_output_file(montage, overwrite)
+    Outputs.preflight([images], folders=[out], files=[montage], overwrite=overwrite)
     with progress_bar(None, "dedupe") as advance:
         result = dedupe(images, scope=scope.value, near_threshold=near_threshold,
                         conflict_dice=conflict_dice, policy=policy.value,
                         use_masks=not no_masks, label=label, subject_regex=subject_regex,
                         workers=workers, progress=advance)
-    write_outputs(result, out, overwrite=overwrite, workers=workers)
-    drawn = total = 0
-    if montage is not None:
-        _, drawn, total = write_montage(result, montage, max_pairs=montage_pairs,
-                                        overwrite=overwrite, workers=workers)
-
+    written = write_outputs(result, out, overwrite=overwrite, montage=montage,
+                            montage_pairs=montage_pairs, workers=workers)
     summary = result.summary
     if json_output:
         print_json(summary)
@@ -119,5 +113,5 @@ def dedupe_command(
                      + (f", {summary['propagated']} masks in {out / 'masks'}"
                         if summary["propagated"] else ""), markup=False)
         if montage is not None:
-            stderr.print(f"wrote {montage} ({drawn} of {total} conflicting pairs)",
-                         markup=False)
+            stderr.print(f"wrote {montage} ({written.montage_pairs} of "
+                         f"{written.conflicting_pairs} conflicting pairs)", markup=False)

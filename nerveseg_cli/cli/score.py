@@ -90,25 +90,18 @@ def score_command(
     """Score predictions against ground truth exactly as Kaggle does, with the details."""
     from nerveseg_cli.errors import NervesegError
     from nerveseg_cli.io.images import parse_size
-    from nerveseg_cli.io.outputs import check_output_dir, check_output_file
-    from nerveseg_cli.postprocess import write_postprocess
-    from nerveseg_cli.score import score, write_outputs, write_overlays
+    from nerveseg_cli.score import ScoreOutputs, score, write_score_outputs
 
     if by not in (None, "subject"):
         raise NervesegError(f"--by {by!r}: only 'subject' is supported")
-    if overlays is not None and images is None:
-        raise NervesegError("--overlays needs --images (the image set to draw on)")
     dims = parse_size(size)
     sweeping = bool(sweep_threshold or sweep_min_area)
-    post_path = None
-    if sweeping:
-        post_path = postprocess_out or (out / "postprocess.json" if out else
-                                        Path("postprocess.json"))
-        check_output_file(post_path, overwrite)
+    targets = ScoreOutputs(
+        out=out, by_subject=by == "subject", overlays=overlays, images=images, worst=worst,
+        postprocess=(postprocess_out or (out / "postprocess.json" if out else
+                                         Path("postprocess.json"))) if sweeping else None)
     # Refuse unusable outputs before the (possibly long) scoring pass.
-    for folder in (out, overlays):
-        if folder is not None:
-            check_output_dir(folder, overwrite)
+    targets.check([pred, gt, postprocess, presence_from], overwrite)
     with progress_bar(None, "score") as advance:
         report = score(pred, gt, threshold=threshold, min_area=min_area,
                        presence_threshold=presence_threshold, presence_from=presence_from,
@@ -116,15 +109,7 @@ def score_command(
                        allow_missing=allow_missing, subject_regex=subject_regex,
                        sweep_thresholds=sweep_threshold, sweep_min_areas=sweep_min_area,
                        workers=workers, progress=advance)
-    written: list[Path] = []
-    if out is not None:
-        written += write_outputs(report, out, overwrite=overwrite, by_subject=by == "subject")
-    if report.sweep is not None and post_path is not None:
-        written.append(write_postprocess(report.sweep, post_path, str(pred), overwrite))
-    if overlays is not None and images is not None:
-        written += write_overlays(report, pred, gt, images, overlays, worst=worst, size=dims,
-                                  label=label, overwrite=overwrite, workers=workers)
-
+    written = write_score_outputs(report, targets, overwrite=overwrite, workers=workers)
     _print_report(report, pred, gt, by == "subject", json_output)
     if written and not json_output:
         stderr.print(f"wrote {len(written)} files (first: {written[0]})", markup=False)

@@ -66,7 +66,7 @@ def split_command(
 ) -> None:
     """Make cross-validation folds grouped by subject and stratified by nerve presence."""
     from nerveseg_cli.errors import NervesegError
-    from nerveseg_cli.io.outputs import check_output_file
+    from nerveseg_cli.io.outputs import Outputs
 
     if check:
         if out is not None or folds is not None or holdout is not None or balance:
@@ -81,7 +81,7 @@ def split_command(
         raise NervesegError("choose --folds or --holdout, not both")
     from nerveseg_cli.split import split, write_split
 
-    check_output_file(out, overwrite)
+    Outputs.preflight([input], files=[out], overwrite=overwrite)
     with progress_bar(None, "split") as advance:
         result = split(input, folds=folds or 5, holdout=holdout, group=group.value,
                        balance=balance, seed=seed, subject_regex=subject_regex, label=label,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nerveseg_cli.errors import NervesegError, warn
+from nerveseg_cli.errors import NervesegError, brief, warn
 from nerveseg_cli.io.images import IMAGE_SUFFIXES, MaskReader, read_image
 from nerveseg_cli.io.outputs import atomic_write_text
 from nerveseg_cli.io.parallel import thread_map
@@ -58,7 +58,8 @@ def compile_subject_regex(text: str) -> re.Pattern:
     try:
         pattern = re.compile(text)
     except re.error as exc:
-        raise NervesegError(f"--subject-regex {text!r} is not a valid regex ({exc})") from None
+        raise NervesegError(f"--subject-regex {text!r} is not a valid regex "
+                            f"({brief(exc)})") from None
     if pattern.groups < 1:
         raise NervesegError(f"--subject-regex {text!r} has no group; its first group is the "
                             "subject, e.g. '^(\\w+?)_' or '^(p[0-9]+)-'")
@@ -228,7 +229,7 @@ def read_csv_header(path: Path) -> list[str]:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             return [c.strip() for c in next(csv.reader(handle), [])]
     except (OSError, UnicodeDecodeError) as exc:
-        raise NervesegError(f"{path}: cannot read CSV ({exc})") from exc
+        raise NervesegError(f"{path}: cannot read CSV ({brief(exc)})") from exc
 
 
 def read_csv_rows(path: str | Path) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
@@ -239,7 +240,7 @@ def read_csv_rows(path: str | Path) -> tuple[list[str], Iterator[tuple[int, list
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
-        raise NervesegError(f"{path}: cannot read CSV ({exc})") from exc
+        raise NervesegError(f"{path}: cannot read CSV ({brief(exc)})") from exc
     reader = csv.reader(io.StringIO(text))
     header = [c.strip() for c in next(reader, [])]
     if not header:
@@ -303,6 +304,26 @@ def read_manifest_columns(path: str | Path) -> tuple[list[Sample], dict[str, lis
     if not samples:
         raise NervesegError(f"{path}: manifest has no rows")
     return samples, extra
+
+
+MAX_FOLDS = 10_000
+
+
+def parse_folds(samples: Sequence[Sample], texts: Sequence[str]) -> np.ndarray:
+    """A manifest's ``fold`` column as integers: -1 (or empty) for rows left out, else a fold
+    from 0; a bad cell is an error naming its row."""
+    folds = np.empty(len(samples), dtype=np.int64)
+    for row, (sample, text) in enumerate(zip(samples, texts, strict=True)):
+        try:
+            value = int(text) if text != "" else -1
+        except ValueError:
+            value = None
+        if value is None or not -1 <= value < MAX_FOLDS:
+            raise NervesegError(f"{sample.origin or sample.id}: fold of {sample.id} is "
+                                f"{text[:30]!r}, not an integer from -1 (left out) to "
+                                f"{MAX_FOLDS - 1}")
+        folds[row] = value
+    return folds
 
 
 def discover_with_columns(path: str | Path, subject_regex: str | None = None

@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from nerveseg_cli.errors import NervesegError, warn
+from nerveseg_cli.errors import NervesegError, brief, warn
 
 # OpenCV prints codec errors ("[ERROR] ... TIFF_Error ...") itself; nerveseg reports an
 # unreadable file as one error line of its own instead.
@@ -107,7 +107,7 @@ def read_mask_array(path: Path) -> np.ndarray:
                 if image.mode == "P":
                     return np.asarray(image)
         except (OSError, ValueError) as exc:
-            raise NervesegError(f"{path}: not a readable palette PNG ({exc})") from None
+            raise NervesegError(f"{path}: not a readable palette PNG ({brief(exc)})") from None
     return read_raw(path)
 
 

@@ -123,7 +123,7 @@ def real_path(path: str | Path) -> Path:
 @dataclass
 class _Staged:
     final: Path
-    stage: Path  # a hidden folder beside final
+    stage: Path  # a hidden folder (or file) beside final
     is_folder: bool
 
 
@@ -155,13 +155,37 @@ class Outputs:
         self.inputs = [real_path(p) for p in self.inputs if p is not None]
 
     def add_inputs(self, paths: Iterable[str | Path | None]) -> None:
-        self.inputs.extend(real_path(p) for p in paths if p is not None)
+        """More inputs (found while reading the first ones); outputs declared so far are
+        checked against them too."""
+        added = [real_path(p) for p in paths if p is not None]
+        self.inputs.extend(added)
+        for staged in self._staged:
+            self._guard(staged.final, staged.is_folder, added)
+        for place in self._in_place:
+            self._guard(place.path, True, added)
+
+    @classmethod
+    def preflight(cls, inputs: Iterable[str | Path | None], *,
+                  folders: Iterable[str | Path | None] = (),
+                  files: Iterable[str | Path | None] = (), overwrite: bool = False,
+                  resume: bool = False) -> None:
+        """The checks of :meth:`folder` and :meth:`file`, without writing anything: for a
+        command to refuse its outputs before a long pass that ends in writing them."""
+        outputs = cls(list(inputs))
+        for folder in folders:
+            if folder is not None:
+                outputs._guard(Path(folder), True)
+                check_output_dir(folder, overwrite, resume)
+        for file in files:
+            if file is not None:
+                outputs._guard(Path(file), False)
+                check_output_file(file, overwrite)
 
     def folder(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Check an output folder and return the folder to write its contents into."""
         path = Path(path)
-        check_output_dir(path, overwrite)
         self._guard(path, is_folder=True)
+        check_output_dir(path, overwrite)
         stage = self._stage(path)
         self._staged.append(_Staged(path, stage, True))
         return stage
@@ -169,11 +193,20 @@ class Outputs:
     def file(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Check an output file and return the path to write it to."""
         path = Path(path)
-        check_output_file(path, overwrite)
         self._guard(path, is_folder=False)
-        stage = self._stage(path)
-        self._staged.append(_Staged(path, stage, False))
-        return stage / path.name
+        check_output_file(path, overwrite)
+        self._make_parents(path)
+        # A hidden file beside the target, with its suffix (the format follows the suffix) and
+        # in its folder (relative paths written into it stay right).
+        try:
+            fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".partial{path.suffix}",
+                                        dir=path.absolute().parent)
+        except OSError as exc:
+            raise write_error(path, exc) from None
+        os.close(fd)
+        os.chmod(name, 0o666 & ~_UMASK)
+        self._staged.append(_Staged(path, Path(name), False))
+        return Path(name)
 
     def resumable_folder(self, path: str | Path, *, overwrite: bool = False,
                          resume: bool = False,
@@ -182,8 +215,8 @@ class Outputs:
         straight into it. If the command fails, the files it added are removed unless
         ``resumable(names added)`` says a resume can use them."""
         path = Path(path)
-        check_output_dir(path, overwrite, resume)
         self._guard(path, is_folder=True)
+        check_output_dir(path, overwrite, resume)
         existed = path.is_dir()
         before = {p.name for p in path.iterdir()} if existed else set()
         self._make_parents(path)
@@ -196,9 +229,9 @@ class Outputs:
         self._in_place.append(_InPlace(path, existed, before, resumable))
         return path
 
-    def _guard(self, path: Path, is_folder: bool) -> None:
+    def _guard(self, path: Path, is_folder: bool, inputs: list[Path] | None = None) -> None:
         real = real_path(path)
-        for source in self.inputs:
+        for source in self.inputs if inputs is None else inputs:
             if real == source:
                 problem = "is also an input"
             elif real.is_relative_to(source):
@@ -241,16 +274,14 @@ class Outputs:
         if isinstance(error, NervesegError):
             message = str(error)
             for staged in self._staged:  # name the output, not its hidden stage
-                target = staged.final if staged.is_folder else staged.final.parent
-                message = message.replace(str(staged.stage), str(target))
+                message = message.replace(str(staged.stage), str(staged.final))
             if message != str(error):
                 raise NervesegError(message) from None
 
     def _commit(self) -> None:
         for staged in self._staged:
             if not staged.is_folder:
-                os.replace(staged.stage / staged.final.name, staged.final)
-                staged.stage.rmdir()
+                os.replace(staged.stage, staged.final)
             elif not staged.final.exists():
                 os.rename(staged.stage, staged.final)
             else:
@@ -258,7 +289,10 @@ class Outputs:
 
     def _roll_back(self) -> None:
         for staged in self._staged:
-            shutil.rmtree(staged.stage, ignore_errors=True)
+            if staged.is_folder:
+                shutil.rmtree(staged.stage, ignore_errors=True)
+            else:
+                staged.stage.unlink(missing_ok=True)
         for place in self._in_place:
             if not place.path.is_dir():
                 continue

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nerveseg_cli.errors import NervesegError, suggest
+from nerveseg_cli.errors import NervesegError, brief, suggest
 from nerveseg_cli.records import DictRecord
 
 
@@ -206,7 +206,7 @@ def _build_smp(arch: str, config: ModelConfig) -> SegmentationNet:
                                in_channels=config.in_channels, classes=1, **kwargs)
     except (KeyError, ValueError, TypeError) as exc:
         raise NervesegError(f"cannot build {arch} with encoder {config.encoder}: "
-                            f"{exc}") from None
+                            f"{brief(exc)}") from None
     except Exception as exc:  # noqa: BLE001  network errors come in many types
         if weights != "imagenet":
             raise
@@ -252,7 +252,7 @@ def load_encoder_weights(encoder: nn.Module, path: Path, in_channels: int) -> No
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001  any unreadable file is the user's input problem
-        raise NervesegError(f"{path}: not a readable state dict ({exc})") from None
+        raise NervesegError(f"{path}: not a readable state dict ({brief(exc)})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"],
                                                                         dict):
         state = state["state_dict"]

@@ -29,7 +29,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from nerveseg_cli.errors import NervesegError, suggest
+from nerveseg_cli.errors import NervesegError, brief, suggest
 
 PREDICT_KEYS = ("tta", "tta_merge", "merge", "asme_base", "threshold", "min_area",
                 "presence_threshold", "crf")
@@ -81,7 +81,7 @@ def crf_parameters(value: Any, source: str) -> dict[str, Any] | None:
     try:
         params = CrfParams(**value).validate()
     except TypeError as exc:
-        raise NervesegError(f"{source}: bad CRF parameters ({exc})") from None
+        raise NervesegError(f"{source}: bad CRF parameters ({brief(exc)})") from None
     return asdict(params)
 
 
@@ -114,7 +114,7 @@ def read_recipe_file(path: str | Path, validate: bool = True) -> Recipe:
     except FileNotFoundError:
         raise NervesegError(f"{path}: no such recipe file") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise NervesegError(f"{path}: unreadable recipe file ({exc})") from None
+        raise NervesegError(f"{path}: unreadable recipe file ({brief(exc)})") from None
     return parse_recipe(text, str(path), str(path), validate)
 
 
@@ -126,7 +126,7 @@ def parse_recipe(text: str, name: str, source: str, validate: bool = True) -> Re
     try:
         data = json.loads(text)
     except ValueError as exc:
-        raise NervesegError(f"{source}: not valid JSON ({exc})") from None
+        raise NervesegError(f"{source}: not valid JSON ({brief(exc)})") from None
     if not isinstance(data, dict):
         raise NervesegError(f"{source}: a recipe is a JSON object")
     unknown = sorted(set(data) - set(TOP_KEYS))

@@ -17,7 +17,13 @@ import torch
 
 from nerveseg_cli.errors import NervesegError
 from nerveseg_cli.geometry import Geometry
-from nerveseg_cli.io.datasets import Sample, discover_with_columns, load_image, load_mask
+from nerveseg_cli.io.datasets import (
+    Sample,
+    discover_with_columns,
+    load_image,
+    load_mask,
+    parse_folds,
+)
 from nerveseg_cli.io.images import MaskReader
 from nerveseg_cli.io.parallel import thread_map
 
@@ -59,10 +65,7 @@ def select_folds(path: str | Path, fold: str) -> FoldSplit:
                                 "on everything with --fold all")
         folds = [0] * len(samples)
     else:
-        try:
-            folds = [int(v) if v != "" else -1 for v in columns["fold"]]
-        except ValueError:
-            raise NervesegError(f"{path}: the fold column must hold integers") from None
+        folds = parse_folds(samples, columns["fold"]).tolist()
     if fold == "all":
         train = [s for s, f in zip(samples, folds, strict=True) if f >= 0]
         val: list[Sample] = []

@@ -21,7 +21,7 @@ from nerveseg_cli.device import autocast_for, resolve_amp, resolve_device, seed_
 from nerveseg_cli.errors import NervesegError
 from nerveseg_cli.geometry import Geometry, normalise_input
 from nerveseg_cli.io.images import MaskReader, parse_size
-from nerveseg_cli.io.outputs import atomic_write_text, check_output_dir
+from nerveseg_cli.io.outputs import Outputs, atomic_write_text
 from nerveseg_cli.io.parallel import prefetch
 from nerveseg_cli.models import build_model, count_parameters
 from nerveseg_cli.postprocess import threshold_level
@@ -83,15 +83,18 @@ def train(options: TrainOptions, out: str | Path, *, overwrite: bool = False,
     the run's, but for :data:`~.options.RUNTIME_KEYS`). ``inference``: prediction defaults to
     record in config.json (a recipe's ``predict`` part, see nerveseg_cli/recipes), which
     ``predict`` applies when not told otherwise."""
-    return Trainer(options, Path(out), reporter or Reporter(), resume=resume,
-                   overwrite=overwrite, inference=inference).run()
+    options.validate()
+    with Outputs(inputs=[options.manifest or None]) as outputs:
+        trainer = Trainer(options, Path(out), reporter or Reporter(), outputs, resume=resume,
+                          overwrite=overwrite, inference=inference)
+        return trainer.run()
 
 
 def check_run_folder(out: Path, options: TrainOptions, resume: bool,
                      overwrite: bool) -> RunConfig | None:
     """Refuse a run folder that cannot take this run; returns the saved config to resume."""
     if not resume:
-        check_output_dir(out, overwrite)
+        Outputs.preflight([options.manifest or None], folders=[out], overwrite=overwrite)
         return None
     saved = read_config(out)
     wanted = options.to_dict()
@@ -121,14 +124,13 @@ class Trainer:
     """One run: its options, model, data and loop state (built in this order: the model's
     initial weights depend on the seed and nothing else)."""
 
-    def __init__(self, options: TrainOptions, out: Path, reporter: Reporter, *,
-                 resume: bool, overwrite: bool, inference: dict[str, Any] | None) -> None:
+    def __init__(self, options: TrainOptions, out: Path, reporter: Reporter,
+                 outputs: Outputs, *, resume: bool, overwrite: bool,
+                 inference: dict[str, Any] | None) -> None:
         self.options, self.out, self.reporter = options, out, reporter
         self.dist = Distributed.from_env()
         self.dist.init(options.device)
         saved = check_run_folder(out, options, resume, overwrite)
-        if options.epochs < 1 or options.batch_size < 1 or options.accumulate < 1:
-            raise NervesegError("--epochs, --batch-size and --accumulate must be at least 1")
         self.device = resolve_device(options.device, self.dist.local_rank)
         amp_dtype = resolve_amp(options.amp, self.device)
         self.autocast = autocast_for(self.device, amp_dtype)
@@ -147,9 +149,12 @@ class Trainer:
         self._read_data(saved)
         self.config = RunConfig(options.model_config(), self.geometry, self.mean, self.std,
                                 options.to_dict(), dict(inference or {}))
-        if self.dist.main and saved is None:
-            out.mkdir(parents=True, exist_ok=True)
-            write_config(out, self.config)
+        if self.dist.main:
+            outputs.add_inputs(self.input_folders)
+            outputs.resumable_folder(out, overwrite=overwrite, resume=resume,
+                                     resumable=lambda added: STATE in added)
+            if saved is None:
+                write_config(out, self.config)
         self._prepare_loop(amp_dtype)
         self.state = TrainState()
         if saved is not None:
@@ -162,6 +167,8 @@ class Trainer:
         normalisation."""
         options = self.options
         split = select_folds(options.manifest, options.fold)
+        self.input_folders = {f.parent for s in split.train + split.val
+                              for f in (s.image, s.mask) if f is not None}
         if saved is not None:
             self.geometry = saved.geometry
         else:

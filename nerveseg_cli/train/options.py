@@ -6,7 +6,8 @@ No torch import at module level: the CLI reads the defaults from here to build i
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+import math
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -92,6 +93,18 @@ class TrainOptions(DictRecord):
     # the recipe the options started from: a shipped recipe's name or a --config file's path
     recipe: str | None = None
 
+    def validate(self) -> TrainOptions:
+        """Refuse numbers no run can use (before anything is read or written)."""
+        for name, ok, need in _NUMBER_RULES:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float) or \
+                    not math.isfinite(value) or not ok(value):
+                flag = "--" + name.replace("_", "-")
+                raise NervesegError(f"{flag} {value!r}: must be {need}")
+        return self
+
     def augment_config(self) -> AugmentConfig:
         from nerveseg_cli.train.augment import AugmentConfig, parse_amount
 
@@ -117,6 +130,35 @@ class TrainOptions(DictRecord):
         return ModelConfig(self.arch, encoder, self.encoder_weights, self.in_channels,
                            self.decoder_attention, self.presence_head, extra or None)
 
+
+# (field, test, what the test asks) for every numeric option.
+_NUMBER_RULES: tuple[tuple[str, Callable[[float], bool], str], ...] = (
+    ("lr", lambda v: v > 0, "a positive number"),
+    ("weight_decay", lambda v: v >= 0, ">= 0"),
+    ("momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("step_gamma", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("poly_power", lambda v: v > 0, "a positive number"),
+    ("warmup_epochs", lambda v: v >= 0, ">= 0"),
+    ("epochs", lambda v: v >= 1 and v == int(v), "a whole number >= 1"),
+    ("batch_size", lambda v: v >= 1 and v == int(v), "a whole number >= 1"),
+    ("accumulate", lambda v: v >= 1 and v == int(v), "a whole number >= 1"),
+    ("patience", lambda v: v >= 0 and v == int(v), "a whole number >= 0"),
+    ("grad_clip", lambda v: v >= 0, ">= 0 (0: off)"),
+    ("presence_weight", lambda v: v >= 0, ">= 0"),
+    ("focal_gamma", lambda v: v >= 0, ">= 0"),
+    ("tversky_alpha", lambda v: v >= 0, ">= 0"),
+    ("tversky_beta", lambda v: v >= 0, ">= 0"),
+    ("ems_kernel", lambda v: v >= 0 and v == int(v), "a whole number >= 0"),
+    ("ems_epsilon", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("hflip", lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    ("vflip", lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    ("threshold", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("min_area", lambda v: v >= 0 and v == int(v), "a whole number >= 0"),
+    ("in_channels", lambda v: v >= 1 and v == int(v), "a whole number >= 1"),
+    ("width", lambda v: v >= 1 and v == int(v), "a whole number >= 1"),
+    ("label", lambda v: v >= 0 and v == int(v), "a whole number >= 0"),
+    ("workers", lambda v: v >= 1 and v == int(v), "a whole number >= 1"),
+)
 
 DEFAULTS = TrainOptions()
 # Defaults that a recipe may leave unset and the command line shows as "recipe, else X".

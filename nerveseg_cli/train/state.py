@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from nerveseg_cli.errors import NervesegError
+from nerveseg_cli.errors import NervesegError, brief
 from nerveseg_cli.io.outputs import atomic_write_bytes
 from nerveseg_cli.train.progress import EpochRecord
 
@@ -67,7 +67,7 @@ class TrainState:
             return cls(int(data["epoch"]), float(data["best_dice"]), int(data["best_epoch"]),
                        history)
         except (ValueError, TypeError, KeyError, RuntimeError) as exc:
-            raise NervesegError(f"{path}: not the state of this run ({exc})") from None
+            raise NervesegError(f"{path}: not the state of this run ({brief(exc)})") from None
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -76,8 +76,7 @@ def _read(path: Path) -> dict[str, Any]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001  a damaged or foreign file is bad input
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise NervesegError(f"{path}: not a nerveseg training state ({first[:120]})") from None
+        raise NervesegError(f"{path}: not a nerveseg training state ({brief(exc)})") from None
     if not isinstance(data, dict) or set(data) != set(STATE_KEYS):
         raise NervesegError(f"{path}: not a nerveseg training state (unexpected contents)")
     return data

@@ -296,7 +296,7 @@ def _encode_maps(maps: MapSource, post: PostProcess, order: list[str] | None,
     def encode(sample_id: str) -> str:
         if label is not None and sample_id not in maps.gated:
             return rle_encode(post.drop_small(maps.read_mask(sample_id, reader)))
-        values = maps.read_values(sample_id)
+        values = maps.read_values(sample_id, reader)
         mask = post.apply(values)
         if not maps.has_prediction_json:  # low values are no label-map hint in a prob. folder
             reader.note(values, mask)

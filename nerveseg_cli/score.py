@@ -299,13 +299,16 @@ def score(pred: str | Path, gt: str | Path, *, threshold: float | None = None,
         raise NervesegError(f"{gt}: no ground-truth images to score")
     missing_set = set(missing)
     reader = MaskReader(label, str(gt))
+    # Palette-PNG predictions are label maps too; an empty prediction set is no error, so this
+    # reader is never finished.
+    pred_reader = MaskReader(label, str(pred))
 
     def histograms(sample_id: str) -> tuple[np.ndarray, np.ndarray]:
         truth = gt_source.read_mask(sample_id, reader)
         if sample_id in missing_set:
             values = np.zeros(truth.shape, dtype=np.uint8)
         else:
-            values = pred_source.read_values(sample_id)
+            values = pred_source.read_values(sample_id, pred_reader)
             if values.shape != truth.shape:
                 raise NervesegError(
                     f"{pred_source.files.get(sample_id, pred_source.path)}: prediction is "
@@ -439,6 +442,7 @@ def write_overlays(report: ScoreReport, images: str | Path, out: Path, *,
                             f"(first: {', '.join(absent[:5])})")
     pred_source, gt_source = report.pred_source, report.gt_source
     truth_reader = MaskReader(report.label, str(gt_source.path))  # checked by score()
+    pred_reader = MaskReader(report.label, str(pred_source.path))
     missing = set(report.missing_predictions)
     width = len(str(len(chosen)))
 
@@ -447,7 +451,7 @@ def write_overlays(report: ScoreReport, images: str | Path, out: Path, *,
         image = load_image(image_files[sample_id])
         truth = gt_source.read_mask(sample_id, truth_reader)
         pred_mask = (np.zeros_like(truth) if sample_id in missing
-                     else report.post.apply(pred_source.read_values(sample_id)))
+                     else report.post.apply(pred_source.read_values(sample_id, pred_reader)))
         if image.shape != truth.shape:
             raise NervesegError(f"{image_files[sample_id].image}: image is "
                                 f"{image.shape[1]}x{image.shape[0]}, its mask "

@@ -17,7 +17,13 @@ from nerveseg_cli.io.datasets import (
     sort_ids,
     subject_of,
 )
-from nerveseg_cli.io.images import MaskReader, read_raw, to_uint8_gray
+from nerveseg_cli.io.images import (
+    PNG_PALETTE,
+    MaskReader,
+    png_colour_type,
+    read_raw,
+    to_uint8_gray,
+)
 from nerveseg_cli.probmaps import PREDICTION_JSON, PRESENCE_CSV, read_presence
 from nerveseg_cli.rle import parse_table, read_rle_csv, runs_to_mask
 
@@ -62,12 +68,17 @@ class MapSource:
         """The source and every folder its files lie in (what no output may touch)."""
         return [self.path, *{file.parent for file in self.files.values()}]
 
-    def read_values(self, sample_id: str) -> np.ndarray:
-        """The map as uint8 0..255 (a probability map, or a 0/255 mask)."""
+    def read_values(self, sample_id: str, reader: MaskReader | None = None) -> np.ndarray:
+        """The map as uint8 0..255 (a probability map, or a 0/255 mask). A palette PNG is a
+        label map, read as a mask by ``reader``'s rule (``--label``)."""
         if self.kind == "csv":
             values = self._from_runs(sample_id).astype(np.uint8) * 255
         else:
-            values = to_uint8_gray(read_raw(self.files[sample_id]))
+            file = self.files[sample_id]
+            if png_colour_type(file) == PNG_PALETTE:
+                values = (reader or MaskReader()).read(file).astype(np.uint8) * 255
+            else:
+                values = to_uint8_gray(read_raw(file))
         return np.zeros_like(values) if sample_id in self.gated else values
 
     def read_mask(self, sample_id: str, reader: MaskReader) -> np.ndarray:

@@ -93,3 +93,31 @@ def synth_copy(synth_root: Path, tmp_path: Path) -> Path:
     copy = tmp_path / "data"
     shutil.copytree(synth_root, copy)
     return copy
+
+
+@pytest.fixture(scope="session")
+def hostile_base(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """What hostile-input cases start from (tests/hostile.py): ``data/`` (the session synth
+    set), ``folds.csv`` (2 folds), ``run/`` (a tiny unet-plain trained one epoch on fold 1,
+    validated on fold 0) and ``probs/`` (its probability maps of ``data/test``). Tests copy it
+    with ``hostile.make_workspace``; never change it."""
+    from nerveseg_cli.predict import PredictOptions, predict
+    from nerveseg_cli.split import split, write_split
+    from nerveseg_cli.train import TrainOptions, train
+
+    base = tmp_path_factory.mktemp("hostile") / "base"
+    shutil.copytree(synth_root, base / "data")
+    write_split(split(base / "data" / "train", folds=2, seed=0, workers=1), base / "folds.csv")
+    train(TrainOptions(manifest=str(base / "folds.csv"), fold="0", arch="unet-plain", width=2,
+                       epochs=1, batch_size=8, device="cpu", workers=1), base / "run")
+    predict([base / "run"], base / "data" / "test", base / "probs",
+            PredictOptions(device="cpu", workers=1))
+    return base
+
+
+@pytest.fixture
+def workspace(hostile_base: Path, tmp_path: Path) -> Path:
+    """A fresh copy of ``hostile_base`` for one case."""
+    from tests.hostile import make_workspace
+
+    return make_workspace(hostile_base, tmp_path / "ws")

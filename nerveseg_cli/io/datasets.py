@@ -336,13 +336,17 @@ def discover_with_columns(path: str | Path, subject_regex: str | None = None
 
 
 def check_sample_files(samples: Sequence[Sample], source: str | Path) -> None:
-    """Raise naming the first sample whose image or mask file does not exist."""
+    """Raise naming the first sample (its manifest row) whose image or mask is missing."""
     for sample in samples:
-        for kind, file in (("image", sample.image), ("mask", sample.mask)):
-            if file is not None and not file.is_file():
-                raise NervesegError(f"{source}: {kind} of {sample.id} not found: {file}")
+        where = sample.origin or str(source)
         if sample.image is None:
-            raise NervesegError(f"{source}: {sample.id} has no image")
+            raise NervesegError(f"{where}: {sample.id} has no image")
+        for kind, file in (("image", sample.image), ("mask", sample.mask)):
+            if file is not None and file.is_dir():
+                raise NervesegError(f"{where}: {kind} of {sample.id} is a folder, not an image "
+                                    f"file: {file}")
+            if file is not None and not file.is_file():
+                raise NervesegError(f"{where}: {kind} of {sample.id} not found: {file}")
 
 
 def write_manifest(path: str | Path, samples: Sequence[Sample],

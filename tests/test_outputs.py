@@ -1,0 +1,106 @@
+"""Outputs: the guard against writing into inputs, all-or-nothing writes, resumable folders, and
+write errors that name the output."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from nerveseg_cli.errors import NervesegError
+from nerveseg_cli.io import outputs as outputs_module
+from nerveseg_cli.io.outputs import Outputs, atomic_write_text
+from tests.conftest import run_cli
+from tests.hostile import snapshot
+
+
+def test_guard_refuses_an_input_inside_or_holding_and_through_links(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    (data / "train").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(data)
+    outputs = Outputs(inputs=[data / "train"])
+    for path, problem in ((data / "train", "is also an input"),
+                          (tmp_path / "link" / "train", "is also an input"),
+                          (data / "train" / "audit", "lies inside the input"),
+                          (data, "holds the input")):
+        with pytest.raises(NervesegError, match=problem):
+            outputs.folder(path, overwrite=True)
+    with pytest.raises(NervesegError, match="lies inside the input"):
+        outputs.file(data / "train" / "x.csv", overwrite=True)
+    assert outputs.folder(tmp_path / "audit").name.endswith(".partial")  # a sibling is fine
+
+
+def test_inputs_found_later_are_checked_against_declared_outputs(tmp_path: Path) -> None:
+    with pytest.raises(NervesegError, match="lies inside the input"), Outputs() as outputs:
+        outputs.folder(tmp_path / "images" / "out")
+        outputs.add_inputs([tmp_path / "images"])
+    assert not (tmp_path / "images").exists()  # the parent made for the stage is gone
+
+
+def test_everything_or_nothing(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "kept.txt").write_text("old")
+    before = snapshot(tmp_path)
+    with pytest.raises(RuntimeError), Outputs() as outputs:
+        folder = outputs.folder(tmp_path / "out", overwrite=True)
+        file = outputs.file(tmp_path / "deep" / "er" / "f.csv")
+        atomic_write_text(folder / "kept.txt", "new")
+        atomic_write_text(file, "x")
+        raise RuntimeError("the command failed")
+    assert snapshot(tmp_path) == before  # nothing new, nothing changed, no hidden stages
+    with Outputs() as outputs:
+        folder = outputs.folder(tmp_path / "out", overwrite=True)
+        atomic_write_text(folder / "kept.txt", "new")
+        (folder / "sub").mkdir()
+        atomic_write_text(folder / "sub" / "a.txt", "a")
+    assert (tmp_path / "out" / "kept.txt").read_text() == "new"
+    assert (tmp_path / "out" / "sub" / "a.txt").read_text() == "a"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_resumable_folder_keeps_what_a_resume_can_use(tmp_path: Path) -> None:
+    def has_maps(added: set[str]) -> bool:
+        return any(name.endswith(".png") for name in added)
+
+    with pytest.raises(RuntimeError), Outputs() as outputs:
+        folder = outputs.resumable_folder(tmp_path / "maps", resumable=has_maps)
+        atomic_write_text(folder / "prediction.json", "{}")
+        raise RuntimeError
+    assert not (tmp_path / "maps").exists()  # nothing resumable: as it was
+    with pytest.raises(RuntimeError), Outputs() as outputs:
+        folder = outputs.resumable_folder(tmp_path / "maps", resumable=has_maps)
+        atomic_write_text(folder / "prediction.json", "{}")
+        atomic_write_text(folder / "1.png", "map")
+        raise RuntimeError
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["1.png", "prediction.json"]
+
+
+def test_a_failed_write_names_the_output_not_the_temporary_file(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch
+                                                               ) -> None:
+    real_replace = os.replace
+
+    def disk_full(source: str, target: str) -> None:
+        if ".tmp" in str(source):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_replace(source, target)
+
+    monkeypatch.setattr(outputs_module.os, "replace", disk_full)
+    out = tmp_path / "data"
+    result = run_cli("synth", out, "--subjects", "1", "--per-subject", "2", "--test", "1",
+                     "--size", "32x32")
+    assert result.exit_code == 2, result.stderr
+    line = result.stderr.strip()
+    assert line.startswith(f"error: {out}") and "No space left on device" in line, line
+    assert ".tmp" not in line and ".partial" not in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_emoji_codes_and_markup_in_paths_are_printed_as_they_are(tmp_path: Path) -> None:
+    out = tmp_path / "a:100:b[bold]c"
+    result = run_cli("synth", out, "--subjects", "1", "--per-subject", "2", "--test", "0",
+                     "--size", "32x32")
+    assert result.exit_code == 0, result.stderr
+    assert "a:100:b[bold]c" in result.stdout.replace("\n", "").replace(" ", "").replace("│", "")

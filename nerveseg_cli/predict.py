@@ -12,6 +12,7 @@ loaded runs and predicts batches; :func:`predict` plans the images and writes th
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -123,11 +124,9 @@ class InferenceOptions:
     from_recipe: list[str]  # which options came from the run's recipe
 
     def validate(self) -> InferenceOptions:
-        if self.tta not in TTA_VARIANTS:
-            raise NervesegError(f"--tta {self.tta!r}: use {', '.join(TTA_VARIANTS)}")
-        for name, value in (("--tta-merge", self.tta_merge), ("--merge", self.merge)):
-            if value not in MERGES:
-                raise NervesegError(f"{name} {value!r}: use mean or asme")
+        check_inference_values({"tta": self.tta, "tta_merge": self.tta_merge,
+                                "merge": self.merge, "asme_base": self.asme_base,
+                                "presence_threshold": self.presence_threshold})
         return self
 
     def crf_params(self) -> Any:
@@ -137,6 +136,27 @@ class InferenceOptions:
         from nerveseg_cli.crf import CrfParams
 
         return CrfParams(**self.crf).validate()
+
+
+def check_inference_values(values: dict[str, Any], where: str | None = None) -> None:
+    """Refuse prediction settings no run can use: from the command line, or (``where``) a
+    recipe's ``predict`` part."""
+    def name(key: str) -> str:
+        return f"{where}: predict.{key}" if where else "--" + key.replace("_", "-")
+
+    choices = {"tta": tuple(TTA_VARIANTS), "tta_merge": MERGES, "merge": MERGES}
+    for key, allowed in choices.items():
+        if key in values and values[key] not in allowed:
+            raise NervesegError(f"{name(key)} {values[key]!r}: use {', '.join(allowed)}")
+    ranges = {"asme_base": (lambda v: v > 0, "a positive number"),
+              "threshold": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+              "presence_threshold": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+              "min_area": (lambda v: v >= 0 and v == int(v), "a whole number >= 0")}
+    for key, (ok, need) in ranges.items():
+        value = values.get(key)
+        if value is not None and (isinstance(value, bool) or not math.isfinite(value)
+                                  or not ok(value)):
+            raise NervesegError(f"{name(key)} {value!r}: must be {need}")
 
 
 def resolve_inference(given: dict[str, Any], recipe: dict[str, Any],
@@ -289,6 +309,19 @@ class Predictor:
         self.device = resolve_device(options.device)
         self.autocast = autocast_for(self.device, resolve_amp(options.amp, self.device))
         self.runs = load_runs(runs, self.device, options.channels_last)
+        self._check_presence_source()
+
+    def _check_presence_source(self) -> None:
+        """Presence gating needs a presence: a run's head, or --presence-from."""
+        if self.settings.presence_threshold is None or self.external_presence is not None or \
+                any(run.model.has_presence for run in self.runs):
+            return
+        if self.options.presence_threshold is not None:
+            raise NervesegError("--presence-threshold needs a presence probability, but no run "
+                                "has a presence head (train --presence-head); give "
+                                "--presence-from FILE")
+        warn(f"{self.runs[0].path}: its recipe gates by presence, but no run has a presence "
+             "head: maps are not gated")
 
     @torch.no_grad()
     def run_batch(self, run: LoadedRun, images: Sequence[np.ndarray]

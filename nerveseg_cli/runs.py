@@ -64,10 +64,23 @@ class RunConfig:
                     and config.std > 0):
                 raise ValueError(f"normalization mean {config.mean}, std {config.std}: the std "
                                  "must be a positive number")
+            _check_model(config.model)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             detail = f"missing {exc}" if isinstance(exc, KeyError) else brief(exc)
             raise NervesegError(f"{source}: not a nerveseg run config ({detail})") from None
         return config
+
+
+def _check_model(model: ModelConfig) -> None:
+    """Values config.json may not hold (the network would not build, or build wrongly)."""
+    for name in ("in_channels", "classes"):
+        value = getattr(model, name)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 255:
+            raise ValueError(f"model {name} {value!r} is not a whole number from 1 to 255")
+    if model.classes < 2:
+        raise ValueError(f"model classes {model.classes}: background and at least one class")
+    if not isinstance(model.arch, str) or not isinstance(model.encoder, str):
+        raise ValueError("model arch and encoder must be names")
 
 
 def read_config(run: str | Path) -> RunConfig:
@@ -114,17 +127,28 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
         model = inner
 
 
+def _shape_problem(exc: RuntimeError) -> str:
+    """The first parameter whose shape differs, from torch's load_state_dict message."""
+    for line in str(exc).splitlines():
+        if "size mismatch" in line:
+            return line.strip().rstrip(".")
+    return brief(exc)
+
+
 def load_run(run: str | Path, weights: str = BEST) -> tuple[RunConfig, SegmentationNet]:
     """Rebuild a trained network from a run folder (no download: encoder weights come from
     the run's own file)."""
     run = Path(run)
     config = read_config(run)
     model_config = ModelConfig.from_dict({**config.model.to_dict(), "encoder_weights": "none"})
-    model = build_model(model_config)
+    try:
+        model = build_model(model_config)
+    except NervesegError as exc:  # the config names what cannot be built
+        raise NervesegError(f"{run / CONFIG}: {exc}") from None
     try:
         load_weights(model, run / weights)
     except RuntimeError as exc:  # shape mismatch
         raise NervesegError(f"{run / weights}: weights do not fit the config "
-                            f"({brief(exc)})") from None
+                            f"({_shape_problem(exc)})") from None
     model.eval()
     return config, model

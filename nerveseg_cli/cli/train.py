@@ -53,7 +53,8 @@ class RichReporter(Reporter):
         self.task: Any = None
 
     def stage(self, text: str) -> None:
-        stderr.print(f"{text}...", style="dim", markup=False, highlight=False)
+        if stderr.is_terminal:  # progress for a person; a log or a pipe gets the epoch lines
+            stderr.print(f"{text}...", style="dim", markup=False, highlight=False)
 
     def epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
         if stderr.is_terminal:

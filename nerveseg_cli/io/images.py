@@ -232,6 +232,38 @@ class MaskReader:
                  "as empty; for a label map (0/1/2...) pass --label N")
 
 
+class LabelMapReader:
+    """Reads label maps of a multi-class task: each pixel's value is its class index, 0 to
+    ``classes - 1`` (a palette PNG's indices; an 8- or 16-bit grayscale PNG or TIFF's values).
+    A value beyond the class list, or a colour mask, is an error naming the file."""
+
+    def __init__(self, classes: int, source: str = "masks") -> None:
+        self.classes = classes
+        self.source = source
+
+    def read(self, path: str | Path) -> np.ndarray:
+        """The label map in ``path`` as a 2-D uint8 array of class indices."""
+        path = Path(path)
+        raw = read_mask_array(path)
+        if raw.ndim == 3 and raw.shape[2] > 1:
+            colour = raw[:, :, :3]
+            if np.any(colour != colour[:, :, :1]):
+                raise NervesegError(f"{path}: a colour mask; a label map holds class indices "
+                                    "(a palette PNG, or 8-bit gray values 0, 1, 2 ...)")
+            raw = colour[:, :, 0]
+        elif raw.ndim == 3:
+            raw = raw[:, :, 0]
+        if not np.issubdtype(raw.dtype, np.integer):
+            raise NervesegError(f"{path}: {raw.dtype} values; a label map holds integer "
+                                "class indices")
+        top = int(raw.max(initial=0))
+        if top >= self.classes:
+            values = format_values(distinct_values(raw))
+            raise NervesegError(f"{path}: label values {values} go beyond the {self.classes} "
+                                f"classes (0 to {self.classes - 1}); check --classes")
+        return raw.astype(np.uint8, copy=False)
+
+
 def read_mask(path: str | Path, label: int | None = None) -> np.ndarray:
     """Read one mask as a 2-D bool array (the mask rule of the module docstring)."""
     return MaskReader(label).read(path)

@@ -231,6 +231,12 @@ class Outputs:
 
     def _guard(self, path: Path, is_folder: bool, inputs: list[Path] | None = None) -> None:
         real = real_path(path)
+        if inputs is None:  # a new output: it may not be one declared already
+            declared = [s.final for s in self._staged] + [p.path for p in self._in_place]
+            twin = next((d for d in declared if real_path(d) == real), None)
+            if twin is not None:
+                raise NervesegError(f"{path}: given for two outputs (also as {twin}); each "
+                                    "output needs its own place")
         for source in self.inputs if inputs is None else inputs:
             if real == source:
                 problem = "is also an input"

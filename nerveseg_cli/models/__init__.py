@@ -37,6 +37,20 @@ class ModelConfig(DictRecord):
     decoder_attention: str | None = None  # scse
     presence_head: bool = False
     extra: dict[str, Any] | None = None  # options of custom architectures
+    classes: int = 2  # background included; 2 is the binary task (one sigmoid logit)
+    multilabel: bool = False  # with more classes: one sigmoid per class, not a softmax
+
+    @property
+    def mask_channels(self) -> int:
+        """Logit maps: 1 (binary), C (softmax over the classes), C - 1 (sigmoid per class)."""
+        if self.classes <= 2:
+            return 1
+        return self.classes - 1 if self.multilabel else self.classes
+
+    @property
+    def presence_channels(self) -> int:
+        """Presence logits: one per foreground class."""
+        return max(1, self.classes - 1)
 
 
 class SegmentationNet(nn.Module):
@@ -54,7 +68,10 @@ class SegmentationNet(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         out = self.net(x)
         if isinstance(out, tuple):
-            return out[0], out[1].reshape(-1)
+            presence = out[1]
+            # one class: (N,) as the binary task always had; several: (N, K)
+            return out[0], presence.reshape(-1) if presence.shape[-1] == 1 else \
+                presence.reshape(presence.shape[0], -1)
         return out, None
 
 
@@ -198,12 +215,13 @@ def _build_smp(arch: str, config: ModelConfig) -> SegmentationNet:
 
         check_smp_extras(arch, config.extra or {})
     if config.presence_head:
-        kwargs["aux_params"] = {"classes": 1, "dropout": 0.2}
+        kwargs["aux_params"] = {"classes": config.presence_channels, "dropout": 0.2}
     weights = config.encoder_weights
     try:
         net = smp.create_model(arch, encoder_name=config.encoder,
                                encoder_weights="imagenet" if weights == "imagenet" else None,
-                               in_channels=config.in_channels, classes=1, **kwargs)
+                               in_channels=config.in_channels,
+                               classes=config.mask_channels, **kwargs)
     except (KeyError, ValueError, TypeError) as exc:
         raise NervesegError(f"cannot build {arch} with encoder {config.encoder}: "
                             f"{brief(exc)}") from None
@@ -244,15 +262,9 @@ def load_encoder_weights(encoder: nn.Module, path: Path, in_channels: int) -> No
     """
     if not path.is_file():
         raise NervesegError(f"{path}: encoder weights file not found")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    from nerveseg_cli.tensors import load_tensor_file
 
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001  any unreadable file is the user's input problem
-        raise NervesegError(f"{path}: not a readable state dict ({brief(exc)})") from None
+    state = load_tensor_file(path, "a readable state dict")
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"],
                                                                         dict):
         state = state["state_dict"]

@@ -90,7 +90,8 @@ class AttentionUNet(UNetSkeleton):
 
     def __init__(self, in_channels: int = 1, width: int = 32, batch_norm: bool = True,
                  residual: bool = True, activation: str = "relu",
-                 presence_head: bool = False) -> None:
+                 presence_head: bool = False, out_channels: int = 1,
+                 presence_outputs: int = 1) -> None:
         super().__init__()
         block = ResidualBlock if residual else DoubleConv
         widths = level_widths(width)
@@ -105,9 +106,9 @@ class AttentionUNet(UNetSkeleton):
             lambda i: AttentionGate(widths[i], widths[i], widths[i], batch_norm))
         self.decoder = decoder_modules(
             lambda i: block(widths[i + 1] + widths[i], widths[i], batch_norm, activation))
-        self.head = nn.Sequential(nn.Conv2d(width, 1, 1),
-                                  nn.BatchNorm2d(1) if batch_norm else nn.Identity())
-        self.presence = PresenceHead(widths[-1]) if presence_head else None
+        self.head = nn.Sequential(nn.Conv2d(width, out_channels, 1),
+                                  nn.BatchNorm2d(out_channels) if batch_norm else nn.Identity())
+        self.presence = PresenceHead(widths[-1], presence_outputs) if presence_head else None
 
     def join(self, index: int, coarse: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         attended = self.gates[index](skip, self.gating[index](coarse))

@@ -111,12 +111,12 @@ class DoubleConv(nn.Sequential):
 
 
 class PresenceHead(nn.Module):
-    """Global average pooling, dropout 0.2, one linear unit: the presence logit (N, 1)."""
+    """Global average pooling, dropout 0.2, one linear unit per class: presence logits (N, K)."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, outputs: int = 1) -> None:
         super().__init__()
         self.dropout = nn.Dropout(0.2)
-        self.linear = nn.Linear(channels, 1)
+        self.linear = nn.Linear(channels, outputs)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.linear(self.dropout(features.mean(dim=(2, 3))))

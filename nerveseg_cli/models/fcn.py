@@ -77,7 +77,8 @@ class VGG16Backbone(nn.Module):
 class FCN(nn.Module):
     def __init__(self, stride: int, in_channels: int = 1, width: int = REFERENCE_WIDTH,
                  batch_norm: bool = False, activation: str = "relu",
-                 presence_head: bool = False) -> None:
+                 presence_head: bool = False, out_channels: int = 1,
+                 presence_outputs: int = 1) -> None:
         super().__init__()
         if stride not in (8, 16, 32):
             raise ValueError(f"FCN stride {stride}: use 8, 16 or 32")
@@ -88,14 +89,16 @@ class FCN(nn.Module):
                                  make_activation(activation), nn.Dropout2d(0.5))
         self.fc7 = nn.Sequential(nn.Conv2d(hidden, hidden, 1), make_activation(activation),
                                  nn.Dropout2d(0.5))
-        self.score = nn.Conv2d(hidden, 1, 1)
-        self.score_pool4 = self._zero_conv(width * VGG16_WIDTHS[3]) if stride <= 16 else None
-        self.score_pool3 = self._zero_conv(width * VGG16_WIDTHS[2]) if stride == 8 else None
-        self.presence = PresenceHead(hidden) if presence_head else None
+        self.score = nn.Conv2d(hidden, out_channels, 1)
+        self.score_pool4 = self._zero_conv(width * VGG16_WIDTHS[3], out_channels) \
+            if stride <= 16 else None
+        self.score_pool3 = self._zero_conv(width * VGG16_WIDTHS[2], out_channels) \
+            if stride == 8 else None
+        self.presence = PresenceHead(hidden, presence_outputs) if presence_head else None
 
     @staticmethod
-    def _zero_conv(channels: int) -> nn.Conv2d:
-        conv = nn.Conv2d(channels, 1, 1)
+    def _zero_conv(channels: int, outputs: int) -> nn.Conv2d:
+        conv = nn.Conv2d(channels, outputs, 1)
         nn.init.zeros_(conv.weight)
         nn.init.zeros_(conv.bias)
         return conv
@@ -143,7 +146,8 @@ def _builder(stride: int) -> Builder:
         width = check_width(extra_option(config, "width", REFERENCE_WIDTH), arch)
         batch_norm = bool(extra_option(config, "batch_norm", False))
         net = FCN(stride, config.in_channels, width, batch_norm,
-                  extra_option(config, "activation", "relu"), config.presence_head)
+                  extra_option(config, "activation", "relu"), config.presence_head,
+                  config.mask_channels, config.presence_channels)
         _load_backbone_weights(net.encoder, config, width, batch_norm)
         return SegmentationNet(net, SIZE_MULTIPLE, config.presence_head)
 

@@ -78,13 +78,14 @@ class ScaledResidual(nn.Module):
 
 
 class InceptionPresence(nn.Module):
-    """1x1 conv to one channel, sigmoid, average pooling to 5x7, one dense unit (a logit)."""
+    """1x1 conv to one channel, sigmoid, average pooling to 5x7, one dense unit per class (the
+    logits)."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, outputs: int = 1) -> None:
         super().__init__()
         self.squeeze = nn.Conv2d(channels, 1, 1)
         self.pool = nn.AdaptiveAvgPool2d(PRESENCE_GRID)
-        self.dense = nn.Linear(PRESENCE_GRID[0] * PRESENCE_GRID[1], 1)
+        self.dense = nn.Linear(PRESENCE_GRID[0] * PRESENCE_GRID[1], outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dense(self.pool(torch.sigmoid(self.squeeze(x))).flatten(1))
@@ -92,7 +93,8 @@ class InceptionPresence(nn.Module):
 
 class InceptionUNet(UNetSkeleton):
     def __init__(self, in_channels: int = 1, width: int = 32, activation: str = "elu",
-                 presence_head: bool = True) -> None:
+                 presence_head: bool = True, out_channels: int = 1,
+                 presence_outputs: int = 1) -> None:
         super().__init__()
         depths = level_widths(width)
         self.encoder = nn.ModuleList()
@@ -117,8 +119,9 @@ class InceptionUNet(UNetSkeleton):
             block = InceptionBlock(channels + depth, depth, activation)
             self.decoder.append(nn.Sequential(block, nn.Dropout(DROPOUT)))
             channels = block.out_channels
-        self.head = nn.Conv2d(channels, 1, 1)
-        self.presence = InceptionPresence(depths[-1]) if presence_head else None
+        self.head = nn.Conv2d(channels, out_channels, 1)
+        self.presence = InceptionPresence(depths[-1], presence_outputs) if presence_head \
+            else None
 
     def downsample(self, level: int, x: torch.Tensor) -> torch.Tensor:
         return self.down[level](x)

@@ -69,7 +69,8 @@ class RecurrentResidualBlock(nn.Module):
 
 class R2UNet(UNetSkeleton):
     def __init__(self, in_channels: int = 1, width: int = 16, batch_norm: bool = False,
-                 activation: str = "relu", presence_head: bool = False) -> None:
+                 activation: str = "relu", presence_head: bool = False,
+                 out_channels: int = 1, presence_outputs: int = 1) -> None:
         super().__init__()
         widths = level_widths(width)
         self.encoder = encoder_blocks(
@@ -78,8 +79,8 @@ class R2UNet(UNetSkeleton):
         self.pool = nn.MaxPool2d(2)
         self.decoder = decoder_modules(lambda i: RecurrentResidualBlock(
             widths[i] + widths[i + 1], widths[i], batch_norm, activation))
-        self.head = nn.Conv2d(width, 1, 1)
-        self.presence = PresenceHead(widths[-1]) if presence_head else None
+        self.head = nn.Conv2d(width, out_channels, 1)
+        self.presence = PresenceHead(widths[-1], presence_outputs) if presence_head else None
 
     def join(self, index: int, coarse: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         return torch.cat([skip, upsample_to(coarse, skip)], dim=1)

@@ -98,5 +98,6 @@ def build_unet(config: ModelConfig, arch: str, net_class: Callable[..., nn.Modul
     if "batch_norm" in options:
         options["batch_norm"] = bool(options["batch_norm"])
     net = net_class(in_channels=config.in_channels, presence_head=config.presence_head,
-                    **options, **fixed)
+                    out_channels=config.mask_channels,
+                    presence_outputs=config.presence_channels, **options, **fixed)
     return SegmentationNet(net, SIZE_MULTIPLE, config.presence_head)

@@ -36,7 +36,8 @@ class PlainUNet(UNetSkeleton):
 
     def __init__(self, in_channels: int = 1, width: int = 32, batch_norm: bool = False,
                  sharp: bool = False, activation: str = "relu",
-                 presence_head: bool = False) -> None:
+                 presence_head: bool = False, out_channels: int = 1,
+                 presence_outputs: int = 1) -> None:
         super().__init__()
         make_activation(activation)  # refuse a bad name before building anything
         widths = level_widths(width)
@@ -48,8 +49,8 @@ class PlainUNet(UNetSkeleton):
         self.decoder = decoder_modules(
             lambda i: DoubleConv(2 * widths[i], widths[i], batch_norm, activation))
         self.skip = SharpenSkip() if sharp else nn.Identity()
-        self.head = nn.Conv2d(width, 1, 1)
-        self.presence = PresenceHead(widths[-1]) if presence_head else None
+        self.head = nn.Conv2d(width, out_channels, 1)
+        self.presence = PresenceHead(widths[-1], presence_outputs) if presence_head else None
 
     def join(self, index: int, coarse: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.upsample[index](coarse), self.skip(skip)], dim=1)

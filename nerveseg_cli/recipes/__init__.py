@@ -159,7 +159,7 @@ def check_train_options(train: dict[str, Any], source: str) -> None:
 
 
 def check_predict_options(predict: dict[str, Any], source: str) -> None:
-    from nerveseg_cli.predict import PREDICT_DEFAULTS
+    from nerveseg_cli.predict import PREDICT_DEFAULTS, check_inference_values
 
     for key, value in predict.items():
         if key not in PREDICT_KEYS:
@@ -169,6 +169,7 @@ def check_predict_options(predict: dict[str, Any], source: str) -> None:
             crf_parameters(value, source)
         else:
             _check_kind(value, PREDICT_DEFAULTS[key], f"{source}: predict.{key}")
+    check_inference_values({k: v for k, v in predict.items() if k != "crf"}, source)
 
 
 def _check_kind(value: Any, default: Any, where: str) -> None:

@@ -75,28 +75,87 @@ def lovasz_hinge_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tenso
     return torch.stack(losses).mean()
 
 
+def softmax_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Multi-class soft Dice per image and foreground class (channel 0 is the background),
+    averaged: each class of each image counts once, and an image without the class costs the
+    probability mass painted there, as the Kaggle metric's empty-on-empty rule asks."""
+    prob = torch.softmax(logits, dim=1)[:, 1:].flatten(2)
+    target = target[:, 1:].flatten(2)
+    inter = (prob * target).sum(2)
+    return (1 - (2 * inter + SMOOTH) / (prob.sum(2) + target.sum(2) + SMOOTH)).mean()
+
+
+def softmax_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Categorical cross-entropy against (possibly smoothed) class probabilities."""
+    return F.cross_entropy(logits, target)
+
+
+def softmax_focal_loss(logits: torch.Tensor, target: torch.Tensor,
+                       gamma: float = 2.0) -> torch.Tensor:
+    """Multi-class focal loss: (1 - p_t)^gamma times the cross-entropy, per pixel."""
+    log_prob = torch.log_softmax(logits, dim=1)
+    ce = -(target * log_prob).sum(1)
+    p_t = (target * log_prob.exp()).sum(1)
+    return ((1 - p_t).clamp(min=0).pow(gamma) * ce).mean()
+
+
+def softmax_tversky_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.5,
+                         beta: float = 0.5) -> torch.Tensor:
+    """Tversky loss per image and foreground class on the softmax probabilities."""
+    prob = torch.softmax(logits, dim=1)[:, 1:].flatten(2)
+    target = target[:, 1:].flatten(2)
+    tp = (prob * target).sum(2)
+    fp = (prob * (1 - target)).sum(2)
+    fn = ((1 - prob) * target).sum(2)
+    return (1 - (tp + SMOOTH / 2) / (tp + alpha * fp + beta * fn + SMOOTH / 2)).mean()
+
+
+def per_class(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+              ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """A binary loss applied to each class channel as its own image (--multilabel)."""
+    return lambda logits, target: loss(logits.flatten(0, 1).unsqueeze(1),
+                                       target.flatten(0, 1).unsqueeze(1))
+
+
 LOSSES = ("dice", "bce", "focal", "tversky", "lovasz")
+LOSS_MODES = ("binary", "softmax", "multilabel")
 
 
-def make_loss(spec: str, weights: Sequence[float] | None = None, *, focal_alpha: float = 0.25,
-              focal_gamma: float = 2.0, tversky_alpha: float = 0.5,
-              tversky_beta: float = 0.5) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Combine losses named in ``spec`` ("bce+dice") with ``weights`` (default all 1)."""
-    names = [n.strip() for n in spec.split("+") if n.strip()]
-    unknown = [n for n in names if n not in LOSSES]
-    if not names or unknown:
-        raise NervesegError(f"--loss {spec!r}: unknown loss {', '.join(unknown) or '(none)'}; "
-                            f"combine {', '.join(LOSSES)} with '+'")
-    weights = list(weights) if weights else [1.0] * len(names)
-    if len(weights) != len(names):
-        raise NervesegError(f"--loss-weights has {len(weights)} values for {len(names)} losses")
-    table: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+def _table(mode: str, focal_alpha: float, focal_gamma: float, tversky_alpha: float,
+           tversky_beta: float) -> dict[str, Callable[[torch.Tensor, torch.Tensor],
+                                                      torch.Tensor]]:
+    """The losses by name for a mode: binary (one sigmoid), softmax (``bce`` is the
+    categorical cross-entropy there), multilabel (each class a binary image)."""
+    if mode == "softmax":
+        return {"dice": softmax_dice_loss, "bce": softmax_ce_loss, "ce": softmax_ce_loss,
+                "focal": lambda x, y: softmax_focal_loss(x, y, focal_gamma),
+                "tversky": lambda x, y: softmax_tversky_loss(x, y, tversky_alpha,
+                                                             tversky_beta)}
+    binary: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
         "dice": dice_loss,
         "bce": bce_loss,
         "focal": lambda x, y: focal_loss(x, y, focal_alpha, focal_gamma),
         "tversky": lambda x, y: tversky_loss(x, y, tversky_alpha, tversky_beta),
         "lovasz": lovasz_hinge_loss,
     }
+    return binary if mode == "binary" else {k: per_class(v) for k, v in binary.items()}
+
+
+def make_loss(spec: str, weights: Sequence[float] | None = None, *, focal_alpha: float = 0.25,
+              focal_gamma: float = 2.0, tversky_alpha: float = 0.5, tversky_beta: float = 0.5,
+              mode: str = "binary") -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Combine losses named in ``spec`` ("bce+dice") with ``weights`` (default all 1), for the
+    ``mode`` of the task (the loss options of ``nerveseg train``)."""
+    table = _table(mode, focal_alpha, focal_gamma, tversky_alpha, tversky_beta)
+    names = [n.strip() for n in spec.split("+") if n.strip()]
+    unknown = [n for n in names if n not in table]
+    if not names or unknown:
+        raise NervesegError(f"--loss {spec!r}: unknown loss {', '.join(unknown) or '(none)'}"
+                            f"{' for a softmax over several classes' if mode == 'softmax' else ''}"
+                            f"; combine {', '.join(table)} with '+'")
+    weights = list(weights) if weights else [1.0] * len(names)
+    if len(weights) != len(names):
+        raise NervesegError(f"--loss-weights has {len(weights)} values for {len(names)} losses")
     parts = [(table[name], float(w)) for name, w in zip(names, weights, strict=True)]
 
     def combined(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -109,7 +168,8 @@ def make_loss(spec: str, weights: Sequence[float] | None = None, *, focal_alpha:
 def erosion_smoothed_targets(masks: torch.Tensor, kernel: int, epsilon: float) -> torch.Tensor:
     """Erosion mask smoothing (seed 000 §3.3): eroded interior -> 1 - eps, rim -> 1, else 0.
 
-    Erosion with a square ``kernel`` is a min-pool, i.e. -maxpool(-mask), on the whole batch.
+    Erosion with a square ``kernel`` is a min-pool, i.e. -maxpool(-mask), on the whole batch,
+    channel by channel (one channel per class of a multi-class task).
     """
     if kernel <= 1 or epsilon <= 0:
         return masks
@@ -117,3 +177,15 @@ def erosion_smoothed_targets(masks: torch.Tensor, kernel: int, epsilon: float) -
     eroded = -F.max_pool2d(-masks, kernel, stride=1, padding=pad)
     eroded = eroded[..., : masks.shape[-2], : masks.shape[-1]]
     return masks - epsilon * eroded
+
+
+def class_targets(labels: torch.Tensor, classes: int, multilabel: bool, kernel: int,
+                  epsilon: float) -> torch.Tensor:
+    """Training targets from (N, 1, H, W) label maps: one channel per class (softmax, the
+    background's being what the others leave, so each pixel sums to 1) or per foreground class
+    (multilabel), with erosion mask smoothing per class."""
+    one_hot = F.one_hot(labels[:, 0].long(), classes).permute(0, 3, 1, 2).to(torch.float32)
+    foreground = erosion_smoothed_targets(one_hot[:, 1:], kernel, epsilon)
+    if multilabel:
+        return foreground
+    return torch.cat([1 - foreground.sum(1, keepdim=True), foreground], dim=1)

@@ -93,16 +93,16 @@ class TrainOptions(DictRecord):
     # the recipe the options started from: a shipped recipe's name or a --config file's path
     recipe: str | None = None
 
-    def validate(self) -> TrainOptions:
-        """Refuse numbers no run can use (before anything is read or written)."""
+    def validate(self, origin: Mapping[str, str] | None = None) -> TrainOptions:
+        """Refuse numbers no run can use (before anything is read or written). ``origin``
+        names the recipe an option came from, for the message."""
         for name, ok, need in _NUMBER_RULES:
             value = getattr(self, name)
             if value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, int | float) or \
                     not math.isfinite(value) or not ok(value):
-                flag = "--" + name.replace("_", "-")
-                raise NervesegError(f"{flag} {value!r}: must be {need}")
+                raise NervesegError(f"{option_name(name, value, origin)}: must be {need}")
         return self
 
     def augment_config(self) -> AugmentConfig:
@@ -165,6 +165,13 @@ DEFAULTS = TrainOptions()
 VALIDATION_DEFAULTS = {"threshold": DEFAULTS.threshold, "min_area": DEFAULTS.min_area}
 
 
+def option_name(name: str, value: Any, origin: Mapping[str, str] | None = None) -> str:
+    """How a message names an option: ``--lr -1``, or ``recipe.json: train.lr = -1``."""
+    if origin and name in origin:
+        return f"{origin[name]}: train.{name} = {value!r}"
+    return f"--{name.replace('_', '-')} {value!r}"
+
+
 def check_encoder_applies(arch: str, encoder: str, asked: bool) -> None:
     """An encoder asked for (on the command line, in a recipe, or other than the default) on an
     architecture that has its own encoder is an error."""
@@ -200,13 +207,17 @@ def resolve_train_options(given: Mapping[str, Any], explicit: Collection[str] = 
     values = {**DEFAULTS.to_dict(), **given}
     explicit = set(explicit)
     inference = None
+    origin: dict[str, str] = {}
     if recipe is not None or config_file is not None:
         chosen = _recipe(recipe, config_file, resume)
         from nerveseg_cli.recipes import merge_recipe
 
         values = merge_recipe(values, chosen, explicit)
         inference = chosen.inference()
+        source = str(config_file) if config_file is not None else f"recipe {chosen.name}"
+        origin = {key: source for key in chosen.train if key not in explicit}
         explicit |= set(chosen.train)
+        _check_recipe_arch(values["arch"], origin)
     for key, default in VALIDATION_DEFAULTS.items():
         values[key] = default if values[key] is None else values[key]
     check_encoder_applies(values["arch"], values["encoder"], "encoder" in explicit)
@@ -217,7 +228,19 @@ def resolve_train_options(given: Mapping[str, Any], explicit: Collection[str] = 
         # Options given explicitly must match the run (train() says if not); the rest come
         # from the run.
         values = {k: (values[k] if k in explicit else saved.get(k, values[k])) for k in values}
-    return ResolvedTraining(TrainOptions.from_dict(values), inference)
+    return ResolvedTraining(TrainOptions.from_dict(values).validate(origin), inference)
+
+
+def _check_recipe_arch(arch: str, origin: Mapping[str, str]) -> None:
+    """An unknown architecture in a recipe is named with the recipe."""
+    if "arch" not in origin:
+        return
+    from nerveseg_cli.models import arch_spec
+
+    try:
+        arch_spec(arch)
+    except NervesegError as exc:
+        raise NervesegError(f"{origin['arch']}: train.arch: {exc}") from None
 
 
 def _recipe(name: str | None, config_file: str | Path | None,

@@ -17,6 +17,7 @@ import torch
 
 from nerveseg_cli.errors import NervesegError, brief
 from nerveseg_cli.io.outputs import atomic_write_bytes
+from nerveseg_cli.tensors import load_tensor_file
 from nerveseg_cli.train.progress import EpochRecord
 
 STATE_KEYS = ("epoch", "optimizer", "scheduler", "scaler", "generator", "torch_rng",
@@ -73,10 +74,7 @@ class TrainState:
 def _read(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise NervesegError(f"{path.parent}: nothing to resume ({path.name} missing)")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001  a damaged or foreign file is bad input
-        raise NervesegError(f"{path}: not a nerveseg training state ({brief(exc)})") from None
+    data = load_tensor_file(path, "a nerveseg training state")
     if not isinstance(data, dict) or set(data) != set(STATE_KEYS):
         raise NervesegError(f"{path}: not a nerveseg training state (unexpected contents)")
     return data

@@ -1,0 +1,119 @@
+"""The classes of a multi-class task, declared once (``--classes``) and recorded in every output
+that needs them (a run's config.json, a probability folder's classes.json), so later commands
+never ask again (docs/formats.md, "Classes").
+
+Index = position: class 0 is the background, a label map's pixel value is its class index.
+Names become folder names (``probs/<class>/ID.png``) and, in Understanding-Clouds CSVs, id
+suffixes, so they follow the id rules.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nerveseg_cli.errors import NervesegError, brief
+from nerveseg_cli.io.datasets import validate_id
+from nerveseg_cli.io.outputs import atomic_write_text
+
+CLASSES_JSON = "classes.json"
+MAX_CLASSES = 255  # label maps are 8-bit (palette PNGs hold at most 256 indices)
+
+
+@dataclass(frozen=True)
+class Classes:
+    """Class names, index = position; ``names[0]`` is the background."""
+
+    names: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not 2 <= len(self.names) <= MAX_CLASSES:
+            raise NervesegError(f"--classes: {len(self.names)} classes; need 2 to "
+                                f"{MAX_CLASSES} (background first)")
+        for name in self.names:
+            validate_id(name, "--classes")
+        if len(set(self.names)) != len(self.names):
+            repeated = sorted({n for n in self.names if self.names.count(n) > 1})
+            raise NervesegError(f"--classes: the name {repeated[0]!r} is given twice")
+
+    @classmethod
+    def parse(cls, text: str) -> Classes:
+        """``background,nerve,vessel`` (names), or ``3`` (background, class1, class2)."""
+        text = text.strip()
+        if re.fullmatch(r"[0-9]+", text):
+            count = int(text)
+            if not 2 <= count <= MAX_CLASSES:
+                raise NervesegError(f"--classes {text}: need 2 to {MAX_CLASSES} classes "
+                                    "(background included)")
+            return cls(("background", *(f"class{i}" for i in range(1, count))))
+        names = tuple(part.strip() for part in text.split(","))
+        if any(not name for name in names):
+            raise NervesegError(f"--classes {text!r}: an empty name (write names separated by "
+                                "commas, background first, e.g. background,nerve,vessel)")
+        return cls(names)
+
+    @property
+    def count(self) -> int:
+        return len(self.names)
+
+    @property
+    def foreground(self) -> tuple[str, ...]:
+        return self.names[1:]
+
+    @property
+    def binary(self) -> bool:
+        """Background and one class: the binary path, exactly as without --classes."""
+        return self.count == 2
+
+    def index(self, name: str, where: str) -> int:
+        if name not in self.names:
+            raise NervesegError(f"{where}: class {name!r} is not one of "
+                                f"{', '.join(self.names)}")
+        return self.names.index(name)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"classes": list(self.names)}
+
+    @classmethod
+    def from_json(cls, data: Any, source: str) -> Classes:
+        names = data.get("classes") if isinstance(data, dict) else None
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise NervesegError(f"{source}: expected {{\"classes\": [\"background\", ...]}}")
+        return cls(tuple(names))
+
+    def check_same(self, other: Classes, mine: str, theirs: str) -> None:
+        """Two inputs of one command must agree on the classes; the error names both."""
+        if self.names != other.names:
+            raise NervesegError(f"{mine} has classes {','.join(self.names)} but {theirs} has "
+                                f"{','.join(other.names)}")
+
+
+def read_classes(folder: str | Path) -> Classes | None:
+    """The classes.json of a folder, or None when it has none (a binary folder)."""
+    path = Path(folder) / CLASSES_JSON
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise NervesegError(f"{path}: not valid JSON ({brief(exc)})") from None
+    return Classes.from_json(data, str(path))
+
+
+def write_classes(folder: str | Path, classes: Classes) -> None:
+    atomic_write_text(Path(folder) / CLASSES_JSON,
+                      json.dumps(classes.to_json(), indent=2) + "\n")
+
+
+def parse_classes(text: str | None) -> Classes | None:
+    """``--classes`` as given (None: a binary task)."""
+    return None if text is None else Classes.parse(text)
+
+
+def class_names(classes: Classes | None) -> Sequence[str]:
+    """The foreground names a binary task writes no folder for: none (one flat folder)."""
+    return () if classes is None or classes.binary else classes.foreground

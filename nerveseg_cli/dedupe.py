@@ -121,9 +121,10 @@ class Fingerprints:
 
 def fingerprint_images(samples: Sequence[Sample], *, use_masks: bool = True,
                        label: int | None = None, workers: int = 4,
-                       progress: Callable[[int], None] | None = None) -> Fingerprints:
+                       progress: Callable[[int], None] | None = None,
+                       source: str = "masks") -> Fingerprints:
     """Decode every image (and mask) once, in threads, and keep only its fingerprint."""
-    reader = MaskReader(label, "masks")
+    reader = MaskReader(label, source)
 
     def one(sample: Sample) -> tuple[bytes, np.ndarray, tuple[int, int], int,
                                      np.ndarray | None]:
@@ -452,6 +453,7 @@ def dedupe(images: str | Path, *, scope: str = "subject",
                 f"{', '.join(unlabelled[:3])}); dedupe compares masks to find label conflicts, "
                 "so give it a labelled set, or pass --no-masks to find duplicates only")
     prints = fingerprint_images(samples, use_masks=use_masks, label=label, workers=workers,
+                                source=str(source),
                                 progress=progress)
 
     exact_a, exact_b = pairs_within_classes(prints.digests)

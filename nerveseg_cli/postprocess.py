@@ -8,6 +8,7 @@ foreground pixels is emptied (the whole image, not per component; docs/formats.m
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -49,19 +50,30 @@ class PostProcess:
 
 
 def load_postprocess(path: str | Path) -> PostProcess:
+    """Read postprocess.json strictly: a threshold in [0, 1] and a whole min_area >= 0, both
+    JSON numbers; anything else is an error naming the file."""
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        result = PostProcess(float(data["threshold"]), int(data["min_area"]))
+        threshold, min_area = data["threshold"], data["min_area"]
     except FileNotFoundError:
         raise NervesegError(f"{path}: no such file") from None
-    except (ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise NervesegError(f"{path}: not a postprocess.json with threshold and min_area "
                             f"({brief(exc)})") from None
-    threshold_level(result.threshold)
-    if result.min_area < 0:
-        raise NervesegError(f"{path}: min_area must be >= 0")
-    return result
+    if not _is_number(threshold) or not 0.0 <= threshold <= 1.0:
+        raise NervesegError(f"{path}: threshold {threshold!r} is not a number in [0, 1]")
+    if not _is_number(min_area) or min_area < 0 or min_area != int(min_area) or \
+            min_area > 2**31:
+        raise NervesegError(f"{path}: min_area {min_area!r} is not a whole number of pixels "
+                            ">= 0")
+    return PostProcess(float(threshold), int(min_area))
+
+
+def _is_number(value: object) -> bool:
+    """A finite JSON number (not a string, not true/false, not NaN or infinity)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and \
+        math.isfinite(value)
 
 
 def resolve_postprocess(threshold: float | None, min_area: int | None,

@@ -3,6 +3,8 @@ Kaggle CSVs, so ``score`` and ``rle-encode`` accept any of them and read one ima
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +42,17 @@ class MapSource:
     runs: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     has_prediction_json: bool = False
     gated: set[str] = field(default_factory=set)  # ids emptied by presence gating
+    origins: dict[str, str] = field(default_factory=dict)  # id -> "MANIFEST, line N"
+
+    @contextmanager
+    def _naming(self, sample_id: str) -> Iterator[None]:
+        """Errors reading a manifest row's file name the manifest, the line and the id."""
+        try:
+            yield
+        except NervesegError as exc:
+            if sample_id not in self.origins:
+                raise
+            raise NervesegError(f"{self.origins[sample_id]} (id {sample_id}): {exc}") from None
 
     def gate_by_presence(self, threshold: float | None,
                          presence_from: str | Path | None = None) -> None:
@@ -75,17 +88,19 @@ class MapSource:
             values = self._from_runs(sample_id).astype(np.uint8) * 255
         else:
             file = self.files[sample_id]
-            if png_colour_type(file) == PNG_PALETTE:
-                values = (reader or MaskReader()).read(file).astype(np.uint8) * 255
-            else:
-                values = to_uint8_gray(read_raw(file))
+            with self._naming(sample_id):
+                if png_colour_type(file) == PNG_PALETTE:
+                    values = (reader or MaskReader()).read(file).astype(np.uint8) * 255
+                else:
+                    values = to_uint8_gray(read_raw(file))
         return np.zeros_like(values) if sample_id in self.gated else values
 
     def read_mask(self, sample_id: str, reader: MaskReader) -> np.ndarray:
         """The map as a bool mask by ``reader``'s rule (> half range, or == label)."""
         if self.kind == "csv":
             return self._from_runs(sample_id)
-        return reader.read(self.files[sample_id])
+        with self._naming(sample_id):
+            return reader.read(self.files[sample_id])
 
     def _from_runs(self, sample_id: str) -> np.ndarray:
         width, height = self.size
@@ -108,7 +123,8 @@ def open_source(path: str | Path, size: tuple[int, int] = (580, 420),
                 warn(f"{path}: {len(samples) - len(labelled)} rows have no mask and are skipped")
             labelled.sort(key=lambda s: id_sort_key(s.id))
             return MapSource(path, "manifest", size, {s.id: s.subject for s in labelled},
-                             files={s.id: s.mask for s in labelled})
+                             files={s.id: s.mask for s in labelled},
+                             origins={s.id: s.origin for s in labelled})
         table = read_rle_csv(path)
         runs = parse_table(table, size)
         ids = sort_ids(runs)

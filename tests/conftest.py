@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import shutil
 from collections.abc import Callable
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import typer.testing
 from typer.testing import CliRunner
 
 from nerveseg_cli.cli import app
@@ -24,6 +26,11 @@ class CliResult:
     stdout: str
     stderr: str
     exception: BaseException | None
+
+
+# Typer's test runner rebuilds the click command from the app on every call, which costs more
+# than most commands under test take; the app is the same for the whole session, so build once.
+typer.testing._get_command = functools.lru_cache(maxsize=4)(typer.testing._get_command)
 
 
 def run_cli(*args: str | Path) -> CliResult:

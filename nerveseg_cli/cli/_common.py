@@ -138,5 +138,26 @@ PresenceThreshold = Annotated[float | None, typer.Option(
     help="Empty the maps of images whose presence probability (presence.csv) is below T.")]
 PresenceFrom = Annotated[Path | None, typer.Option(
     "--presence-from", help="Take presence from this presence.csv (e.g. another model's).")]
+class OptionError(typer.BadParameter):
+    """A bad option value found by nerveseg's own check, whose message names the option."""
+
+    def format_message(self) -> str:
+        return self.message
+
+
+def _check_subject_regex(value: str | None) -> str | None:
+    """Refuse a bad --subject-regex when the command line is read, whatever the input is."""
+    if value is not None:
+        from nerveseg_cli.errors import NervesegError
+        from nerveseg_cli.io.datasets import compile_subject_regex
+
+        try:
+            compile_subject_regex(value)
+        except NervesegError as exc:
+            raise OptionError(str(exc)) from None
+    return value
+
+
 SubjectRegex = Annotated[str | None, typer.Option(
-    "--subject-regex", help="Regex whose first group is the subject of an id.")]
+    "--subject-regex", callback=_check_subject_regex,
+    help="Regex whose first group is the subject of an id.")]

@@ -83,9 +83,16 @@ def write_mask(path: str | Path, mask: np.ndarray) -> None:
     write_image(path, mask.astype(np.uint8) * 255)
 
 
+def _refuse_dangling_link(path: Path) -> None:
+    if path.is_symlink() and not path.exists():
+        raise NervesegError(f"{path}: a symbolic link to nothing ({os.readlink(path)}); give "
+                            "an output path that exists, or none at all")
+
+
 def check_output_dir(path: str | Path, overwrite: bool, resume: bool = False) -> Path:
     """Refuse an output folder that is a file, or non-empty unless overwriting or resuming."""
     path = Path(path)
+    _refuse_dangling_link(path)
     if path.exists() and not path.is_dir():
         raise NervesegError(f"{path}: output exists and is not a folder")
     if path.is_dir() and any(path.iterdir()) and not (overwrite or resume):
@@ -104,6 +111,7 @@ def prepare_output_dir(path: str | Path, overwrite: bool, resume: bool = False) 
 def check_output_file(path: str | Path, overwrite: bool) -> Path:
     """Refuse an output file that is a folder, or exists unless overwriting."""
     path = Path(path)
+    _refuse_dangling_link(path)
     if path.is_dir():
         raise NervesegError(f"{path}: output is a folder, expected a file name")
     if path.exists() and not overwrite:

@@ -19,6 +19,7 @@ from typing import Any
 from nerveseg_cli.errors import NervesegError, brief
 from nerveseg_cli.io.datasets import validate_id
 from nerveseg_cli.io.outputs import atomic_write_text
+from nerveseg_cli.records import json_text
 
 CLASSES_JSON = "classes.json"
 MAX_CLASSES = 255  # label maps are 8-bit (palette PNGs hold at most 256 indices)
@@ -106,7 +107,7 @@ def read_classes(folder: str | Path) -> Classes | None:
 
 def write_classes(folder: str | Path, classes: Classes) -> None:
     atomic_write_text(Path(folder) / CLASSES_JSON,
-                      json.dumps(classes.to_json(), indent=2) + "\n")
+                      json_text(classes.to_json()))
 
 
 def parse_classes(text: str | None) -> Classes | None:

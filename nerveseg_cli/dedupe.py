@@ -24,7 +24,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -50,6 +49,7 @@ from nerveseg_cli.io.outputs import (
     write_mask,
 )
 from nerveseg_cli.io.parallel import thread_map
+from nerveseg_cli.records import json_text
 
 SIGNATURE_SIZE = (64, 48)  # (width, height) of the averaged-down image behind a signature
 DEFAULT_NEAR_THRESHOLD = 0.005
@@ -550,7 +550,7 @@ def _write_audit(result: DedupeResult, out: Path, workers: int) -> list[Path]:
     summary["propagated_ids"] = [samples[i].id for i in receivers]
     summary["flagged_ids"] = [samples[i].id for i in np.flatnonzero(result.actions == "flag")]
     summary_path = out / "summary.json"
-    atomic_write_text(summary_path, json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(summary_path, json_text(summary))
     return [manifest, duplicates, summary_path, *written]
 
 

@@ -14,7 +14,6 @@ to ``on_step`` before it starts, so the printed steps are a shell script that re
 
 from __future__ import annotations
 
-import json
 import shlex
 import shutil
 import time
@@ -33,6 +32,7 @@ from nerveseg_cli.io.images import parse_size
 from nerveseg_cli.io.outputs import atomic_write_text, prepare_output_dir
 from nerveseg_cli.merging import MergeRule
 from nerveseg_cli.predict import PredictOptions, predict
+from nerveseg_cli.records import json_text
 from nerveseg_cli.rle import EncodeResult, encode_folder
 from nerveseg_cli.score import ScoreOutputs, ScoreReport, score, write_score_outputs
 from nerveseg_cli.split import split, write_split
@@ -339,7 +339,7 @@ def run_demo(out: str | Path = "nerveseg-demo", settings: DemoSettings = DemoSet
 def write_marker(out: Path, record: dict[str, Any]) -> None:
     """demo.json: what the demo is and how far it got (``--overwrite`` trusts only folders
     that hold one)."""
-    atomic_write_text(out / MARKER, json.dumps({"command": "demo", **record}, indent=2) + "\n")
+    atomic_write_text(out / MARKER, json_text({"command": "demo", **record}))
 
 
 def parse_settings(size: str = "580x420", train_size: str = "128x96", **kwargs: int | str

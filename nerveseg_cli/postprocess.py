@@ -17,6 +17,7 @@ import numpy as np
 
 from nerveseg_cli.errors import NervesegError, brief
 from nerveseg_cli.io.outputs import atomic_write_text, check_output_file
+from nerveseg_cli.records import json_text
 
 if TYPE_CHECKING:
     from nerveseg_cli.score import Sweep
@@ -92,10 +93,10 @@ def write_postprocess(result: Sweep, path: str | Path, source: str, overwrite: b
     """Write the best (threshold, min_area) pair as postprocess.json for rle-encode/predict."""
     path = check_output_file(path, overwrite)
     threshold, min_area, best = result.best
-    atomic_write_text(path, json.dumps({
+    atomic_write_text(path, json_text({
         "threshold": threshold, "min_area": min_area, "mean_dice": best,
         "chosen_from": source,
         "thresholds": [float(t) for t in result.thresholds],
         "min_areas": [int(a) for a in result.min_areas],
-    }, indent=2) + "\n")
+    }))
     return path

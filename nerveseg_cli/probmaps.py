@@ -38,6 +38,7 @@ from nerveseg_cli.errors import NervesegError, brief, warn
 from nerveseg_cli.io.datasets import read_csv_rows, sort_ids, validate_id
 from nerveseg_cli.io.images import PNG_SIGNATURE
 from nerveseg_cli.io.outputs import atomic_write_text, write_image
+from nerveseg_cli.records import json_text
 
 PREDICTION_JSON = "prediction.json"
 PRESENCE_CSV = "presence.csv"
@@ -273,7 +274,7 @@ def write_prediction_json(folder: str | Path, command: str, inputs: Mapping[str,
     if upstream is not None:
         record["upstream"] = upstream
     path = Path(folder) / PREDICTION_JSON
-    atomic_write_text(path, json.dumps(record, indent=2, default=str) + "\n")
+    atomic_write_text(path, json_text(record))
     return path
 
 

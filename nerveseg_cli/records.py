@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, fields
 from typing import Any, TypeVar
@@ -20,3 +22,19 @@ class DictRecord:
     def from_dict(cls: type[R], data: Mapping[str, Any]) -> R:
         names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def json_text(data: Any) -> str:
+    """``data`` as indented JSON that every parser reads: NaN and infinities (a figure with
+    nothing to average, e.g. the Dice on empty images when there are none) become null."""
+    return json.dumps(_finite(data), indent=2, default=str) + "\n"
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value

@@ -94,11 +94,16 @@ def write_config(run: Path, config: RunConfig) -> None:
     atomic_write_text(run / CONFIG, config.to_json())
 
 
-def save_weights(model: torch.nn.Module, path: Path) -> None:
+def weights_bytes(model: torch.nn.Module) -> bytes:
+    """The model's weights as a safetensors file's bytes."""
     from safetensors.torch import save
 
     state = {k: v.detach().contiguous().cpu() for k, v in unwrap(model).state_dict().items()}
-    atomic_write_bytes(path, save(state))
+    return save(state)
+
+
+def save_weights(model: torch.nn.Module, path: Path) -> None:
+    atomic_write_bytes(path, weights_bytes(model))
 
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:

@@ -9,7 +9,6 @@ re-reading an image or holding pixel lists.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from nerveseg_cli.postprocess import (
     threshold_level,
     write_postprocess,
 )
+from nerveseg_cli.records import json_text
 from nerveseg_cli.sources import MapSource, open_source
 
 N_LEVELS = 256
@@ -410,7 +410,7 @@ def write_outputs(report: ScoreReport, out: Path, *, by_subject: bool = False) -
     ``out``."""
     written = [out / "per_image.csv", out / "summary.json"]
     atomic_write_text(written[0], report.per_image().to_csv(index=False, float_format="%.6f"))
-    atomic_write_text(written[1], json.dumps(report.summary, indent=2, allow_nan=True) + "\n")
+    atomic_write_text(written[1], json_text(report.summary))
     if by_subject:
         written.append(out / "subjects.csv")
         atomic_write_text(written[-1], report.by_subject().to_csv(index=False,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -90,7 +89,9 @@ def progress_bar(total: int | None, description: str) -> Iterator[Callable[[int]
 
 
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str, allow_nan=True) + "\n")
+    from nerveseg_cli.records import json_text
+
+    sys.stdout.write(json_text(data))
 
 
 def key_value_table(title: str, rows: dict[str, Any]) -> Table:

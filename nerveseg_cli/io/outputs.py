@@ -67,6 +67,27 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         handle.write(data)
 
 
+def atomic_write_files(files: list[tuple[Path, bytes]]) -> None:
+    """Write several files that belong together (a checkpoint's weights and state): each goes
+    to a temporary file first and all are renamed at the end, so an interruption leaves the
+    old set or the new one, not a mix (but for the microseconds between the renames)."""
+    temporaries: list[tuple[str, Path]] = []
+    try:
+        for path, data in files:
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            temporaries.append((tmp, path))
+            os.chmod(tmp, 0o666 & ~_UMASK)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+        for tmp, path in temporaries:
+            os.replace(tmp, path)
+    except OSError as exc:
+        for tmp, _ in temporaries:
+            Path(tmp).unlink(missing_ok=True)
+        raise write_error(files[len(temporaries) - 1][0] if temporaries else files[0][0],
+                          exc) from None
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     with atomic_open(path, "w", encoding="utf-8", newline="") as handle:
         handle.write(text)

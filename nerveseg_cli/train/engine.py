@@ -21,7 +21,7 @@ from nerveseg_cli.device import autocast_for, resolve_amp, resolve_device, seed_
 from nerveseg_cli.errors import NervesegError
 from nerveseg_cli.geometry import Geometry, normalise_input
 from nerveseg_cli.io.images import MaskReader, parse_size
-from nerveseg_cli.io.outputs import Outputs, atomic_write_text
+from nerveseg_cli.io.outputs import Outputs, atomic_write_files, atomic_write_text
 from nerveseg_cli.io.parallel import prefetch
 from nerveseg_cli.models import build_model, count_parameters
 from nerveseg_cli.postprocess import threshold_level
@@ -33,7 +33,7 @@ from nerveseg_cli.runs import (
     RunConfig,
     load_weights,
     read_config,
-    save_weights,
+    weights_bytes,
     write_config,
 )
 from nerveseg_cli.score import counts_from_histograms, dice, value_histograms
@@ -377,12 +377,14 @@ class Trainer:
         return loss, dices, float((predicted == data.positive[index]).sum())
 
     def checkpoint(self, record: EpochRecord, improved: bool) -> None:
-        """Weights (best and last), metrics, the log line and the training state."""
+        """The last weights and the training state, written together (a resume never pairs
+        one epoch's weights with another's state), the best weights, the metrics, the log."""
         out = self.out
+        weights = weights_bytes(self.model)
+        files = [(out / LAST, weights), (out / STATE, self.state.to_bytes(self.loop))]
         if improved:
-            save_weights(self.model, out / BEST)
-        save_weights(self.model, out / LAST)
+            files.insert(0, (out / BEST, weights))
+        atomic_write_files(files)
         atomic_write_text(out / METRICS, metrics_csv(self.state.history))
         with open(out / "train.log", "a", encoding="utf-8") as log:
             log.write(format_record(record, improved) + "\n")
-        self.state.save(out / STATE, self.loop)

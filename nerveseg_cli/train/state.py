@@ -16,7 +16,6 @@ from typing import Any
 import torch
 
 from nerveseg_cli.errors import NervesegError, brief
-from nerveseg_cli.io.outputs import atomic_write_bytes
 from nerveseg_cli.tensors import load_tensor_file
 from nerveseg_cli.train.progress import EpochRecord
 
@@ -43,7 +42,8 @@ class TrainState:
     best_epoch: int = 0
     history: list[EpochRecord] = field(default_factory=list)
 
-    def save(self, path: Path, loop: Optimisation) -> None:
+    def to_bytes(self, loop: Optimisation) -> bytes:
+        """state.pt's contents (written with the last weights, as one checkpoint)."""
         buffer = io.BytesIO()
         torch.save({
             "epoch": self.epoch, "optimizer": loop.optimizer.state_dict(),
@@ -52,7 +52,7 @@ class TrainState:
             "best_dice": self.best_dice, "best_epoch": self.best_epoch,
             "history": json.dumps([asdict(r) for r in self.history]),
         }, buffer)
-        atomic_write_bytes(path, buffer.getvalue())
+        return buffer.getvalue()
 
     @classmethod
     def load(cls, path: Path, loop: Optimisation) -> TrainState:

@@ -9,17 +9,16 @@ suffixes, so they follow the id rules.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nerveseg_cli.errors import NervesegError, brief
+from nerveseg_cli.errors import NervesegError
 from nerveseg_cli.io.datasets import validate_id
 from nerveseg_cli.io.outputs import atomic_write_text
-from nerveseg_cli.records import json_text
+from nerveseg_cli.records import json_text, read_json_object
 
 CLASSES_JSON = "classes.json"
 MAX_CLASSES = 255  # label maps are 8-bit (palette PNGs hold at most 256 indices)
@@ -96,13 +95,8 @@ class Classes:
 def read_classes(folder: str | Path) -> Classes | None:
     """The classes.json of a folder, or None when it has none (a binary folder)."""
     path = Path(folder) / CLASSES_JSON
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise NervesegError(f"{path}: not valid JSON ({brief(exc)})") from None
-    return Classes.from_json(data, str(path))
+    data = read_json_object(path)
+    return None if data is None else Classes.from_json(data, str(path))
 
 
 def write_classes(folder: str | Path, classes: Classes) -> None:

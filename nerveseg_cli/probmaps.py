@@ -34,11 +34,11 @@ import cv2
 import numpy as np
 
 from nerveseg_cli import __version__
-from nerveseg_cli.errors import NervesegError, brief, warn
+from nerveseg_cli.errors import NervesegError, warn
 from nerveseg_cli.io.datasets import read_csv_rows, sort_ids, validate_id
 from nerveseg_cli.io.images import PNG_SIGNATURE
 from nerveseg_cli.io.outputs import atomic_write_text, write_image
-from nerveseg_cli.records import json_text
+from nerveseg_cli.records import json_text, read_json_object
 
 PREDICTION_JSON = "prediction.json"
 PRESENCE_CSV = "presence.csv"
@@ -198,16 +198,7 @@ def read_presence(path: str | Path) -> dict[str, float]:
 
 def read_prediction_json(folder: str | Path) -> dict[str, Any] | None:
     """The parsed ``prediction.json`` of a folder, or None when it has none."""
-    path = Path(folder) / PREDICTION_JSON
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise NervesegError(f"{path}: not valid JSON ({brief(exc)})") from None
-    if not isinstance(data, dict):
-        raise NervesegError(f"{path}: expected a JSON object")
-    return data
+    return read_json_object(Path(folder) / PREDICTION_JSON)
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, fields
+from pathlib import Path
 from typing import Any, TypeVar
 
 R = TypeVar("R", bound="DictRecord")
@@ -38,3 +39,19 @@ def _finite(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_finite(v) for v in value]
     return value
+
+
+def read_json_object(path: Path) -> dict[str, Any] | None:
+    """A JSON object file (prediction.json, classes.json), or None when there is none; an
+    unreadable or non-object file is an error naming it."""
+    from nerveseg_cli.errors import NervesegError, brief
+
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise NervesegError(f"{path}: not valid JSON ({brief(exc)})") from None
+    if not isinstance(data, dict):
+        raise NervesegError(f"{path}: expected a JSON object")
+    return data

@@ -33,9 +33,9 @@ from nerveseg_cli.io.outputs import atomic_write_text, prepare_output_dir
 from nerveseg_cli.merging import MergeRule
 from nerveseg_cli.predict import PredictOptions, predict
 from nerveseg_cli.records import json_text
-from nerveseg_cli.rle import EncodeResult, encode_folder
 from nerveseg_cli.score import ScoreOutputs, ScoreReport, score, write_score_outputs
 from nerveseg_cli.split import split, write_split
+from nerveseg_cli.submission import EncodeResult, encode_folder
 from nerveseg_cli.synth import synth
 
 if TYPE_CHECKING:

@@ -26,8 +26,9 @@ from nerveseg_cli.io.images import (
     read_raw,
     to_uint8_gray,
 )
+from nerveseg_cli.kaggle_csv import parse_table, read_rle_csv
 from nerveseg_cli.probmaps import PREDICTION_JSON, PRESENCE_CSV, read_presence
-from nerveseg_cli.rle import parse_table, read_rle_csv, runs_to_mask
+from nerveseg_cli.rle import runs_to_mask
 
 
 @dataclass

@@ -21,7 +21,8 @@ import numpy as np
 from nerveseg_cli.errors import NervesegError
 from nerveseg_cli.io.outputs import Outputs, atomic_write_text, write_image
 from nerveseg_cli.io.parallel import thread_map
-from nerveseg_cli.rle import format_rle_csv, rle_encode
+from nerveseg_cli.kaggle_csv import format_rle_csv
+from nerveseg_cli.rle import rle_encode
 
 DRIFT_MARGIN = 0.06  # fraction of the size that frames may drift
 MIN_SIDE = 8

@@ -10,15 +10,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from nerveseg_cli.errors import NervesegError
-from nerveseg_cli.rle import (
-    RleError,
-    format_rle_csv,
-    parse_table,
-    read_ids_file,
-    read_rle_csv,
-    rle_decode,
-    rle_encode,
-)
+from nerveseg_cli.kaggle_csv import format_rle_csv, parse_table, read_ids_file, read_rle_csv
+from nerveseg_cli.rle import RleError, rle_decode, rle_encode
 
 
 def reference_encode(mask: np.ndarray) -> str:

@@ -9,7 +9,8 @@ import pandas as pd
 
 from nerveseg_cli.io.datasets import discover_images
 from nerveseg_cli.io.images import read_image, read_mask
-from nerveseg_cli.rle import read_rle_csv, rle_decode
+from nerveseg_cli.kaggle_csv import read_rle_csv
+from nerveseg_cli.rle import rle_decode
 from tests._helpers_audit import tree_digest
 from tests.conftest import assert_one_line_error, run_cli
 

@@ -54,7 +54,7 @@ def rle_encode_command(
 ) -> None:
     """Encode masks or probability maps as a Kaggle submission (column-major RLE)."""
     from nerveseg_cli.io.images import parse_size
-    from nerveseg_cli.rle import encode_folder
+    from nerveseg_cli.submission import encode_folder
 
     result = encode_folder(source, out, fmt=fmt, threshold=threshold, min_area=min_area,
                            presence_threshold=presence_threshold, presence_from=presence_from,

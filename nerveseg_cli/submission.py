@@ -1,0 +1,136 @@
+"""``nerveseg rle-encode`` and ``nerveseg rle-decode``: masks or probability maps to a Kaggle CSV
+and back (the CSV forms are :mod:`nerveseg_cli.kaggle_csv`'s, the codec :mod:`nerveseg_cli.rle`'s).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from nerveseg_cli.errors import NervesegError, warn
+from nerveseg_cli.io.datasets import sort_ids
+from nerveseg_cli.io.images import MaskReader
+from nerveseg_cli.io.outputs import Outputs, atomic_write_text, write_mask
+from nerveseg_cli.io.parallel import thread_map
+from nerveseg_cli.kaggle_csv import (
+    HEADERS,
+    SUBMISSION,
+    format_rle_csv,
+    parse_table,
+    read_ids_file,
+    read_rle_csv,
+)
+from nerveseg_cli.postprocess import PostProcess, resolve_postprocess
+from nerveseg_cli.rle import rle_encode, runs_to_mask
+
+
+@dataclass(frozen=True)
+class EncodeResult:
+    rows: int
+    non_empty: int
+    missing: list[str]
+    extra: list[str]
+    post: PostProcess
+
+
+if TYPE_CHECKING:
+    from nerveseg_cli.sources import MapSource
+
+
+def encode_folder(source: str | Path, out: str | Path, *, fmt: str = SUBMISSION,
+                  threshold: float | None = None, min_area: int | None = None,
+                  postprocess: str | Path | None = None, ids_from: str | Path | None = None,
+                  allow_missing: bool = False, label: int | None = None,
+                  size: tuple[int, int] = (580, 420), overwrite: bool = False,
+                  presence_threshold: float | None = None,
+                  presence_from: str | Path | None = None, workers: int = 4) -> EncodeResult:
+    """``nerveseg rle-encode``: masks or probability maps -> a Kaggle CSV.
+
+    (Keyword options, one per ``nerveseg rle-encode`` flag, as every command's function has.)
+    """
+    if fmt not in HEADERS:
+        raise NervesegError(f"format {fmt!r} is not one of {', '.join(HEADERS)}")
+    post = resolve_postprocess(threshold, min_area, postprocess)
+    from nerveseg_cli.sources import open_source
+
+    order = read_ids_file(ids_from) if ids_from else None
+    maps = open_source(source, size)
+    maps.gate_by_presence(presence_threshold, presence_from)
+    with Outputs(inputs=[*maps.input_paths(), ids_from, postprocess, presence_from]) as outputs:
+        target = outputs.file(out, overwrite=overwrite)
+        encoded, missing, extra = _encode_maps(maps, post, order, label, allow_missing,
+                                               ids_from, workers)
+        atomic_write_text(target, format_rle_csv(encoded, fmt, order))
+    return EncodeResult(len(encoded), sum(1 for v in encoded.values() if v), missing, extra, post)
+
+
+def _encode_maps(maps: MapSource, post: PostProcess, order: list[str] | None,
+                 label: int | None, allow_missing: bool, ids_from: str | Path | None,
+                 workers: int) -> tuple[dict[str, str], list[str], list[str]]:
+    """id -> RLE of every map (in ``order`` when given), the ids of ``order`` without a map
+    (encoded empty), and the maps not in ``order`` (left out)."""
+    source = maps.path
+    available = set(maps.ids)
+    missing: list[str] = []
+    extra: list[str] = []
+    if order is not None:
+        missing = [i for i in order if i not in available]
+        extra = sort_ids(available - set(order))
+        if missing and not allow_missing:
+            raise NervesegError(f"{source}: {len(missing)} ids of {ids_from} have no prediction "
+                                f"(first: {', '.join(missing[:5])}); pass --allow-missing to "
+                                "write them empty")
+        if extra:
+            warn(f"{source}: {len(extra)} predictions are not in {ids_from} and were left out "
+                 f"(first: {', '.join(extra[:5])})")
+    ids = [i for i in (order or maps.ids) if i in available]
+    reader = MaskReader(label, str(source))
+
+    def encode(sample_id: str) -> str:
+        if label is not None and sample_id not in maps.gated:
+            return rle_encode(post.drop_small(maps.read_mask(sample_id, reader)))
+        values = maps.read_values(sample_id, reader)
+        mask = post.apply(values)
+        if not maps.has_prediction_json:  # low values are no label-map hint in a prob. folder
+            reader.note(values, mask)
+        return rle_encode(mask)
+
+    encoded = dict(zip(ids, thread_map(encode, ids, workers), strict=True))
+    reader.finish()
+    for sample_id in missing:
+        encoded[sample_id] = ""
+    return encoded, missing, extra
+
+
+@dataclass(frozen=True)
+class DecodeResult:
+    format: str
+    written: int
+    non_empty: int
+
+
+def decode_csv_to_folder(csv_path: str | Path, out: str | Path, *,
+                         size: tuple[int, int] = (580, 420), overwrite: bool = False,
+                         workers: int = 4,
+                         progress: Callable[[int], None] | None = None) -> DecodeResult:
+    """``nerveseg rle-decode``: a Kaggle CSV -> one mask PNG per row.
+
+    Every row is validated before anything is written, so a bad CSV leaves no output.
+    """
+    table = read_rle_csv(csv_path)
+    runs = parse_table(table, size)
+    width, height = size
+    with Outputs(inputs=[csv_path]) as outputs:
+        folder = outputs.folder(out, overwrite=overwrite)
+
+        def write(sample_id: str) -> None:
+            write_mask(folder / f"{sample_id}.png",
+                       runs_to_mask(*runs[sample_id], height, width))
+
+        for _ in thread_map(write, sort_ids(runs), workers):
+            if progress:
+                progress(1)
+    return DecodeResult(table.format, len(runs), sum(1 for s, _ in runs.values() if s.size))
+

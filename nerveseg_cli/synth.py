@@ -18,13 +18,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from nerveseg_cli.classes import Classes
 from nerveseg_cli.errors import NervesegError
-from nerveseg_cli.io.outputs import Outputs, atomic_write_text, write_image
+from nerveseg_cli.io.outputs import Outputs, atomic_write_text, write_image, write_label_map
 from nerveseg_cli.io.parallel import thread_map
-from nerveseg_cli.kaggle_csv import format_rle_csv
+from nerveseg_cli.kaggle_csv import LONG, format_multiclass_csv, format_rle_csv
 from nerveseg_cli.rle import rle_encode
 
 DRIFT_MARGIN = 0.06  # fraction of the size that frames may drift
+NERVE, VESSEL = 1, 2  # the classes of a --classes 3 set
 MIN_SIDE = 8
 MAX_SIDE = 4096
 MAX_TOTAL_PIXELS = 2 * 10**9
@@ -65,6 +67,27 @@ class _Subject:
         self.axes = (rng.uniform(0.06, 0.09) * width, rng.uniform(0.05, 0.08) * height)
         self.angle = rng.uniform(-30, 30)
 
+    def add_vessel(self, rng: np.random.Generator) -> None:
+        """A round vessel beside the nerve: its wall 0.85 to 1.5 times the two radii from the
+        nerve's centre, so now and then the two touch."""
+        width, height = self.size
+        nerve_radius = min(self.axes)
+        self.vessel_radius = rng.uniform(0.5, 0.8) * nerve_radius
+        distance = rng.uniform(0.85, 1.5) * (max(self.axes) + self.vessel_radius)
+        angle = rng.uniform(0, 2 * np.pi)
+        self.vessel_centre = (float(np.clip(self.centre[0] + distance * np.cos(angle),
+                                            0, width - 1)),
+                              float(np.clip(self.centre[1] + distance * np.sin(angle),
+                                            0, height - 1)))
+
+    def vessel_mask(self, shift: tuple[int, int]) -> np.ndarray:
+        width, height = self.size
+        mask = np.zeros((height, width), dtype=np.uint8)
+        centre = (int(round(self.vessel_centre[0] - shift[0])),
+                  int(round(self.vessel_centre[1] - shift[1])))
+        cv2.circle(mask, centre, max(1, int(round(self.vessel_radius))), 1, thickness=-1)
+        return mask.astype(bool)
+
     def nerve_mask(self, shift: tuple[int, int]) -> np.ndarray:
         width, height = self.size
         mask = np.zeros((height, width), dtype=np.uint8)
@@ -73,8 +96,9 @@ class _Subject:
         cv2.ellipse(mask, (centre, (2 * axes[0], 2 * axes[1]), self.angle), 1, thickness=-1)
         return mask.astype(bool)
 
-    def render(self, rng: np.random.Generator, shift: tuple[int, int],
-               nerve: bool) -> tuple[np.ndarray, np.ndarray]:
+    def render(self, rng: np.random.Generator, shift: tuple[int, int], nerve: bool,
+               vessel: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(frame, mask): a bool nerve mask, or (with a vessel drawn) a label map 0/1/2."""
         width, height = self.size
         mx, my = self.margin
         x0, y0 = mx + shift[0], my + shift[1]
@@ -88,31 +112,50 @@ class _Subject:
             frame[rim] *= 3.2
         else:
             mask[:] = False
+        if vessel:  # an anechoic lumen in a bright wall, drawn over the nerve where they meet
+            lumen = self.vessel_mask(shift)
+            wall = cv2.dilate(lumen.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+            frame[wall & ~lumen] *= 2.0
+            frame[lumen] *= 0.12
+            mask = np.where(lumen, 2, mask.astype(np.uint8))
         looks = 3.0  # speckle: gamma-distributed with unit mean
         frame *= rng.gamma(looks, 1 / looks, frame.shape).astype(np.float32)
         frame = cv2.GaussianBlur(frame, (3, 3), 0)
         return np.clip(frame * 150, 0, 255).astype(np.uint8), mask
 
 
-def _subject_frames(seed: np.random.SeedSequence, size: tuple[int, int],
-                    count: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def _subject_frames(seed: np.random.SeedSequence, size: tuple[int, int], count: int,
+                    vessels: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
+    """A subject's frames and masks (label maps with ``vessels``, which draw from their own
+    random stream, so the nerve frames are those of a binary set)."""
     rng = np.random.default_rng(seed)
+    vessel_rng = np.random.default_rng(seed.spawn(1)[0]) if vessels else None
     subject = _Subject(rng, size)
+    if vessel_rng is not None:
+        subject.add_vessel(vessel_rng)
     mx, my = subject.margin
     shift = np.array([0.0, 0.0])
     present = bool(rng.random() < 0.5)
+    vessel = vessel_rng is not None and bool(vessel_rng.random() < 0.7)
     frames = []
     for _ in range(count):
         shift = np.clip(shift + rng.normal(0, 0.6, 2), [-mx, -my], [mx, my])
         frames.append(subject.render(rng, (int(round(shift[0])), int(round(shift[1]))),
-                                     present))
+                                     present, vessel))
         if rng.random() < 0.2:  # nerve visibility comes in runs of frames
             present = not present
+        if vessel_rng is not None and vessel_rng.random() < 0.1:  # so does the vessel's
+            vessel = not vessel
     return frames
 
 
 def _opposite_mask(frames: list[tuple[np.ndarray, np.ndarray]], index: int) -> np.ndarray:
-    """A plausible mask with the opposite presence of frame ``index``'s mask."""
+    """A plausible mask with the opposite presence of frame ``index``'s nerve (a label map
+    keeps its vessel)."""
+    mask = frames[index][1]
+    if mask.dtype != bool:
+        nerve = _opposite_mask([(f, m == NERVE) for f, m in frames], index)
+        return np.where(mask == VESSEL, VESSEL, np.where(nerve, NERVE, 0)).astype(np.uint8)
     if frames[index][1].any():
         return np.zeros_like(frames[index][1])
     donor = next((m for _, m in frames if m.any()), None)
@@ -130,21 +173,42 @@ Plan = tuple[int, int, str, float]
 
 
 def synth(out: str | Path, *, subjects: int = 6, per_subject: int = 20, test: int = 24,
-          size: tuple[int, int] = (580, 420), seed: int = 0, overwrite: bool = False,
-          workers: int = 4, progress: Callable[[int], None] | None = None) -> SynthResult:
+          size: tuple[int, int] = (580, 420), seed: int = 0, classes: Classes | None = None,
+          overwrite: bool = False, workers: int = 4,
+          progress: Callable[[int], None] | None = None) -> SynthResult:
     """Write ``train/``, ``test/``, ``train_masks.csv``, ``sample_submission.csv`` and
-    ``planted_duplicates.csv`` into ``out``; the same arguments give the same bytes.
+    ``planted_duplicates.csv`` into ``out``; the same arguments give the same bytes. With
+    three ``classes`` (background, nerve, vessel) the masks are label maps with a vessel.
 
-    (Nine keyword options, one per ``nerveseg synth`` flag, as every command's function.)"""
+    (Keyword options, one per ``nerveseg synth`` flag, as every command's function.)"""
     if subjects < 1 or per_subject < 1 or test < 0:
         raise NervesegError("synth needs --subjects >= 1, --per-subject >= 1 and --test >= 0")
+    if classes is not None and classes.count not in (2, 3):
+        raise NervesegError(f"--classes {','.join(classes.names)}: synth draws 2 classes "
+                            "(background, nerve) or 3 (background, nerve, vessel)")
     check_synth_size(size, subjects * per_subject + test)
+    spec = _SetSpec(subjects, per_subject, test, size, seed,
+                    classes if classes is not None and not classes.binary else None)
     with Outputs() as outputs:
         folder = outputs.folder(out, overwrite=overwrite)
         (folder / "train").mkdir(exist_ok=True)
         (folder / "test").mkdir(exist_ok=True)
-        result = _write_set(folder, subjects, per_subject, test, size, seed, workers, progress)
+        result = _write_set(folder, spec, workers, progress)
     return replace(result, out=Path(out))
+
+
+@dataclass(frozen=True)
+class _SetSpec:
+    subjects: int
+    per_subject: int
+    test: int
+    size: tuple[int, int]
+    seed: int
+    classes: Classes | None  # three classes: label maps with a vessel; None: binary
+
+    @property
+    def vessels(self) -> bool:
+        return self.classes is not None
 
 
 def check_synth_size(size: tuple[int, int], images: int) -> None:
@@ -163,33 +227,49 @@ def check_synth_size(size: tuple[int, int], images: int) -> None:
                             "files): fewer images or a smaller --size")
 
 
-def _write_set(out: Path, subjects: int, per_subject: int, test: int, size: tuple[int, int],
-               seed: int, workers: int, progress: Callable[[int], None] | None) -> SynthResult:
-    train_seeds, test_seed, plant_seed = np.random.SeedSequence(seed).spawn(3)
+def _write_set(out: Path, spec: _SetSpec, workers: int,
+               progress: Callable[[int], None] | None) -> SynthResult:
+    train_seeds, test_seed, plant_seed = np.random.SeedSequence(spec.seed).spawn(3)
     # Plan the planted conflicts first so that rendering can run in threads deterministically.
-    subject_seeds = list(enumerate(train_seeds.spawn(subjects), start=1))
-    plans = _plan_conflicts(subjects, per_subject, np.random.default_rng(plant_seed))
-    encoded: dict[str, str] = {}
-    positives = 0
+    subject_seeds = list(enumerate(train_seeds.spawn(spec.subjects), start=1))
+    plans = _plan_conflicts(spec.subjects, spec.per_subject,
+                            np.random.default_rng(plant_seed))
+    masks: dict[str, np.ndarray] = {}
 
-    def make_subject(args: tuple[int, np.random.SeedSequence]) -> tuple[dict[str, str], int]:
+    def make_subject(args: tuple[int, np.random.SeedSequence]) -> dict[str, np.ndarray]:
         number, subject_seed = args
-        return _write_subject(out / "train", number, subject_seed, size, per_subject,
+        return _write_subject(out / "train", number, subject_seed, spec,
                               plans.get(number, []), progress)
 
-    for rows, count in thread_map(make_subject, subject_seeds, workers):
-        encoded.update(rows)
-        positives += count
+    for subject_masks in thread_map(make_subject, subject_seeds, workers):
+        masks.update(subject_masks)
     planted = [(f"{number}_{src + 1}", f"{number}_{dst + 1}", kind)
                for number, plan in plans.items() for src, dst, kind, _ in plan]
-    if test:
-        _write_test(out / "test", test_seed, size, per_subject, test, workers, progress)
-    atomic_write_text(out / "train_masks.csv", format_rle_csv(encoded, "train"))
-    atomic_write_text(out / "sample_submission.csv",
-                      "img,pixels\n" + "".join(f"{i},1 1\n" for i in range(1, test + 1)))
+    if spec.test:
+        _write_test(out / "test", test_seed, spec, workers, progress)
+    _write_tables(out, spec, masks, planted)
+    return SynthResult(out, len(masks), sum(1 for m in masks.values() if np.any(m == 1)),
+                       spec.test, planted)
+
+
+def _write_tables(out: Path, spec: _SetSpec, masks: dict[str, np.ndarray],
+                  planted: list[tuple[str, str, str]]) -> None:
+    """train_masks.csv (Kaggle's train form, or the long form by class), the sample
+    submission (every test image, and class), planted_duplicates.csv."""
+    test_ids = [str(i) for i in range(1, spec.test + 1)]
+    if spec.classes is None:
+        train = format_rle_csv({i: rle_encode(m) for i, m in masks.items()}, "train")
+        sample = format_rle_csv(dict.fromkeys(test_ids, "1 1"), "submission")
+    else:
+        classes = spec.classes
+        train = format_multiclass_csv({(i, k): rle_encode(m == k) for i, m in masks.items()
+                                       for k in range(1, classes.count)}, LONG, classes)
+        sample = format_multiclass_csv({(i, k): "1 1" for i in test_ids
+                                        for k in range(1, classes.count)}, LONG, classes)
+    atomic_write_text(out / "train_masks.csv", train)
+    atomic_write_text(out / "sample_submission.csv", sample)
     atomic_write_text(out / "planted_duplicates.csv", "id_a,id_b,kind\n" + "".join(
         f"{a},{b},{k}\n" for a, b, k in planted))
-    return SynthResult(out, len(encoded), positives, test, planted)
 
 
 def _plan_conflicts(subjects: int, per_subject: int,
@@ -206,11 +286,11 @@ def _plan_conflicts(subjects: int, per_subject: int,
     return plans
 
 
-def _write_subject(folder: Path, number: int, seed: np.random.SeedSequence,
-                   size: tuple[int, int], count: int, plans: list[Plan],
-                   progress: Callable[[int], None] | None) -> tuple[dict[str, str], int]:
-    """Render and write one subject's frames and masks; (id -> RLE, frames with a nerve)."""
-    frames = _subject_frames(seed, size, count)
+def _write_subject(folder: Path, number: int, seed: np.random.SeedSequence, spec: _SetSpec,
+                   plans: list[Plan],
+                   progress: Callable[[int], None] | None) -> dict[str, np.ndarray]:
+    """Render and write one subject's frames and masks; id -> mask (bool, or label map)."""
+    frames = _subject_frames(seed, spec.size, spec.per_subject, spec.vessels)
     for src, dst, kind, noise_seed in plans:
         image = frames[src][0]
         if kind == "near":
@@ -218,26 +298,29 @@ def _write_subject(folder: Path, number: int, seed: np.random.SeedSequence,
             image = np.clip(image.astype(np.int16) + rng.integers(-2, 3, image.shape),
                             0, 255).astype(np.uint8)
         frames[dst] = (image.copy(), _opposite_mask(frames, src))
-    rows = {}
+    masks = {}
     for index, (image, mask) in enumerate(frames, start=1):
         sample_id = f"{number}_{index}"
         write_image(folder / f"{sample_id}.tif", image)
-        write_image(folder / f"{sample_id}_mask.tif", mask.astype(np.uint8) * 255)
-        rows[sample_id] = rle_encode(mask)
+        if spec.vessels:
+            write_label_map(folder / f"{sample_id}_mask.png", mask)
+        else:
+            write_image(folder / f"{sample_id}_mask.tif", mask.astype(np.uint8) * 255)
+        masks[sample_id] = mask
         if progress:
             progress(1)
-    return rows, sum(1 for _, m in frames if m.any())
+    return masks
 
 
-def _write_test(folder: Path, seed: np.random.SeedSequence, size: tuple[int, int],
-                per_subject: int, test: int, workers: int,
+def _write_test(folder: Path, seed: np.random.SeedSequence, spec: _SetSpec, workers: int,
                 progress: Callable[[int], None] | None) -> None:
     """``test`` frames drawn from fresh subjects, shuffled, numbered 1..test."""
     frames: list[np.ndarray] = []
-    for subject_seed in seed.spawn(max(1, -(-test // per_subject))):
-        frames.extend(image for image, _ in _subject_frames(subject_seed, size, per_subject))
+    for subject_seed in seed.spawn(max(1, -(-spec.test // spec.per_subject))):
+        frames.extend(image for image, _ in _subject_frames(subject_seed, spec.size,
+                                                            spec.per_subject, spec.vessels))
     order = np.random.default_rng(seed.spawn(1)[0]).permutation(len(frames))
-    frames = [frames[i] for i in order[:test]]
+    frames = [frames[i] for i in order[:spec.test]]
 
     def write(item: tuple[int, np.ndarray]) -> None:
         write_image(folder / f"{item[0]}.tif", item[1])

@@ -159,6 +159,11 @@ def _check_subject_regex(value: str | None) -> str | None:
     return value
 
 
+ClassesOption = Annotated[str | None, typer.Option(
+    "--classes", metavar="NAMES|N",
+    help="A multi-class task: class names, background first (background,nerve,vessel), or "
+         "their count (3). Label maps hold the class index. \\[default: binary]",
+    show_default=False)]
 SubjectRegex = Annotated[str | None, typer.Option(
     "--subject-regex", callback=_check_subject_regex,
     help="Regex whose first group is the subject of an id.")]

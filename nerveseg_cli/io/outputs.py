@@ -104,6 +104,37 @@ def write_mask(path: str | Path, mask: np.ndarray) -> None:
     write_image(path, mask.astype(np.uint8) * 255)
 
 
+def label_palette() -> list[int]:
+    """The VOC colour map (class k's colour from the bits of k): 0 black, 1 dark red, 2 green,
+    3 olive, ... as flat RGB values for 256 classes."""
+    palette = []
+    for index in range(256):
+        red = green = blue = 0
+        value = index
+        for shift in range(7, -1, -1):
+            red |= (value & 1) << shift
+            green |= ((value >> 1) & 1) << shift
+            blue |= ((value >> 2) & 1) << shift
+            value >>= 3
+        palette += [red, green, blue]
+    return palette
+
+
+def write_label_map(path: str | Path, labels: np.ndarray) -> None:
+    """Write a label map (class indices) as a palette PNG: the values are the indices, and
+    any viewer shows each class in its own colour."""
+    import io
+
+    from PIL import Image
+
+    # an "L" image, which putpalette turns into a "P" one
+    image = Image.fromarray(np.ascontiguousarray(labels, dtype=np.uint8))
+    image.putpalette(label_palette())
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=False)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
 def _refuse_dangling_link(path: Path) -> None:
     if path.is_symlink() and not path.exists():
         raise NervesegError(f"{path}: a symbolic link to nothing ({os.readlink(path)}); give "

@@ -27,10 +27,12 @@ import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
+from nerveseg_cli.classes import Classes
 from nerveseg_cli.drawing import draw_outline
 from nerveseg_cli.errors import NervesegError
 from nerveseg_cli.groups import linked_components
@@ -38,14 +40,16 @@ from nerveseg_cli.io.datasets import (
     Sample,
     discover_with_columns,
     load_image,
+    load_label_map,
     load_mask,
     write_manifest,
 )
-from nerveseg_cli.io.images import IMAGE_SUFFIXES, MaskReader, read_image
+from nerveseg_cli.io.images import IMAGE_SUFFIXES, LabelMapReader, MaskReader, read_image
 from nerveseg_cli.io.outputs import (
     Outputs,
     atomic_write_text,
     write_image,
+    write_label_map,
     write_mask,
 )
 from nerveseg_cli.io.parallel import thread_map
@@ -109,60 +113,91 @@ class Fingerprints:
     shapes: np.ndarray  # (N, 2) int64, (height, width)
     mask_areas: np.ndarray  # (N,) int64 foreground pixels; -1 when masks were not read
     packed_masks: list[np.ndarray | None]  # np.packbits of each non-empty mask, else None
+    # label maps (--classes): per foreground class, each image's packed mask and its area
+    class_masks: list[list[np.ndarray | None]] | None = None
+    class_areas: np.ndarray | None = None  # (K, N)
 
     def mask(self, index: int) -> np.ndarray:
-        """The bool mask of image ``index`` (all False when empty or not read)."""
+        """Image ``index``'s bool mask (all False when empty or not read), or its label map."""
         height, width = (int(v) for v in self.shapes[index])
+        if self.class_masks is not None:
+            labels = np.zeros((height, width), dtype=np.uint8)
+            for k, packed in enumerate(self.class_masks, start=1):
+                if packed[index] is not None:
+                    labels[_unpack(packed[index], height, width)] = k
+            return labels
         packed = self.packed_masks[index]
         if packed is None:
             return np.zeros((height, width), dtype=bool)
-        return np.unpackbits(packed, count=height * width).reshape(height, width).astype(bool)
+        return _unpack(packed, height, width)
+
+
+def _unpack(packed: np.ndarray, height: int, width: int) -> np.ndarray:
+    return np.unpackbits(packed, count=height * width).reshape(height, width).astype(bool)
 
 
 def fingerprint_images(samples: Sequence[Sample], *, use_masks: bool = True,
                        label: int | None = None, workers: int = 4,
                        progress: Callable[[int], None] | None = None,
-                       source: str = "masks") -> Fingerprints:
-    """Decode every image (and mask) once, in threads, and keep only its fingerprint."""
+                       source: str = "masks", classes: Classes | None = None) -> Fingerprints:
+    """Decode every image (and mask) once, in threads, and keep only its fingerprint; with
+    ``classes``, masks are label maps and each class is kept on its own."""
     reader = MaskReader(label, source)
+    labels = LabelMapReader(classes.count, source) if classes is not None else None
 
-    def one(sample: Sample) -> tuple[bytes, np.ndarray, tuple[int, int], int,
-                                     np.ndarray | None]:
-        if sample.image is None:
-            raise NervesegError(f"{sample.id}: no image file")
+    def one(sample: Sample) -> tuple[bytes, np.ndarray, tuple[int, int], list[np.ndarray]]:
         image = load_image(sample)
-        area, packed = -1, None
+        masks: list[np.ndarray] = []
         if use_masks and sample.mask is not None:
-            mask = load_mask(sample, reader)
+            mask = load_mask(sample, reader) if labels is None else \
+                load_label_map(sample, labels)
             if mask.shape != image.shape:
                 raise NervesegError(
                     f"{sample.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
                     f"{sample.image.name} is {image.shape[1]}x{image.shape[0]}")
-            area = int(np.count_nonzero(mask))
-            packed = np.packbits(mask) if area else None
-        result = (pixel_digest(image), image_signature(image), image.shape, area, packed)
+            masks = [mask] if labels is None else \
+                [mask == k for k in range(1, classes.count)]  # type: ignore[union-attr]
+        result = (pixel_digest(image), image_signature(image), image.shape, masks)
         if progress:
             progress(1)
         return result
 
-    n = len(samples)
-    prints = Fingerprints(
+    prints = _empty_prints(len(samples), None if classes is None else classes.count - 1)
+    for index, (digest, signature, shape, masks) in enumerate(
+            thread_map(one, samples, workers)):  # filled in place: no second copy
+        prints.digests[index] = digest
+        prints.signatures[index] = signature
+        prints.shapes[index] = shape
+        _keep_masks(prints, index, masks)
+    if use_masks and labels is None:
+        reader.finish()
+    return prints
+
+
+def _empty_prints(n: int, classes: int | None) -> Fingerprints:
+    return Fingerprints(
         digests=np.zeros(n, dtype="S16"),
         signatures=np.zeros((n, SIGNATURE_SIZE[0] * SIGNATURE_SIZE[1]), dtype=np.float32),
         shapes=np.zeros((n, 2), dtype=np.int64),
         mask_areas=np.full(n, -1, dtype=np.int64),
         packed_masks=[None] * n,
+        class_masks=None if classes is None else [[None] * n for _ in range(classes)],
+        class_areas=None if classes is None else np.full((classes, n), -1, dtype=np.int64),
     )
-    for index, (digest, signature, shape, area, packed) in enumerate(
-            thread_map(one, samples, workers)):  # filled in place: no second copy
-        prints.digests[index] = digest
-        prints.signatures[index] = signature
-        prints.shapes[index] = shape
-        prints.mask_areas[index] = area
-        prints.packed_masks[index] = packed
-    if use_masks:
-        reader.finish()
-    return prints
+
+
+def _keep_masks(prints: Fingerprints, index: int, masks: list[np.ndarray]) -> None:
+    """Store one image's masks bit-packed (none read: areas stay -1)."""
+    if not masks:
+        return
+    areas = [int(np.count_nonzero(m)) for m in masks]
+    prints.mask_areas[index] = sum(areas)
+    if prints.class_masks is None:
+        prints.packed_masks[index] = np.packbits(masks[0]) if areas[0] else None
+        return
+    for k, (mask, area) in enumerate(zip(masks, areas, strict=True)):
+        prints.class_masks[k][index] = np.packbits(mask) if area else None
+        prints.class_areas[k, index] = area  # type: ignore[index]
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,8 +279,27 @@ def near_pairs(signatures: np.ndarray, groups: Sequence[np.ndarray], threshold: 
 
 
 def pair_mask_dice(prints: Fingerprints, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Dice of the masks of each pair (1 when both are empty); pairs share an image size."""
-    areas_a, areas_b = prints.mask_areas[a], prints.mask_areas[b]
+    """Dice of the masks of each pair (1 when both are empty); pairs share an image size. For
+    label maps: the mean over the classes of each class's Dice."""
+    if prints.class_masks is None:
+        return _pair_dice(prints.packed_masks, prints.mask_areas, a, b)
+    return np.mean([_pair_dice(packed, areas, a, b) for packed, areas in
+                    zip(prints.class_masks, prints.class_areas, strict=True)], axis=0)
+
+
+def pair_presence_differs(prints: Fingerprints, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Whether one mask of each pair is empty and the other not (for label maps: for some
+    class), which is always a conflict."""
+    if prints.class_masks is None:
+        return (prints.mask_areas[a] == 0) != (prints.mask_areas[b] == 0)
+    areas = prints.class_areas
+    return np.any((areas[:, a] == 0) != (areas[:, b] == 0), axis=0)
+
+
+def _pair_dice(packed_masks: list[np.ndarray | None], mask_areas: np.ndarray, a: np.ndarray,
+               b: np.ndarray) -> np.ndarray:
+    """Dice of each pair of bit-packed masks (1 when both are empty)."""
+    areas_a, areas_b = mask_areas[a], mask_areas[b]
     result = np.where(areas_a + areas_b == 0, 1.0, 0.0)
     both = np.flatnonzero((areas_a > 0) & (areas_b > 0))
     if both.size == 0:
@@ -254,9 +308,9 @@ def pair_mask_dice(prints: Fingerprints, a: np.ndarray, b: np.ndarray) -> np.nda
     row_a, row_b = rows[: both.size], rows[both.size:]
     by_length: dict[int, list[int]] = {}
     for row, index in enumerate(involved):  # images, not pairs: packed lengths differ by size
-        by_length.setdefault(prints.packed_masks[index].size, []).append(row)
+        by_length.setdefault(packed_masks[index].size, []).append(row)
     for members in by_length.values():
-        packed = np.stack([prints.packed_masks[involved[r]] for r in members])
+        packed = np.stack([packed_masks[involved[r]] for r in members])
         local = np.full(involved.size, -1, dtype=np.int64)
         local[members] = np.arange(len(members))
         selected = np.flatnonzero(local[row_a] >= 0)  # pairs of this size (both rows share it)
@@ -367,6 +421,7 @@ class DedupeResult:
     near_threshold: float
     conflict_dice: float
     use_masks: bool
+    classes: Classes | None = None  # label maps: conflicts compare every class
 
     def input_paths(self) -> list[Path]:
         """The image set and every folder its files lie in."""
@@ -383,6 +438,15 @@ class DedupeResult:
         group_count = int(self.groups.max(initial=-1)) + 1
         conflicting_groups = np.unique(self.groups[pairs.a[pairs.conflict]]).size
         counts = {action: int(np.count_nonzero(self.actions == action)) for action in ACTIONS}
+        summary = self._summary(pairs, group_count, conflicting_groups, counts)
+        if self.classes is not None and self.use_masks:
+            summary["with_each_class"] = {
+                name: int(np.count_nonzero(areas > 0)) for name, areas in
+                zip(self.classes.foreground, self.prints.class_areas, strict=True)}
+        return summary
+
+    def _summary(self, pairs: Pairs, group_count: int, conflicting_groups: int,
+                 counts: dict[str, int]) -> dict[str, Any]:
         return {
             "images": len(self.samples),
             "with_nerve": (int(np.count_nonzero(self.prints.mask_areas > 0))
@@ -428,7 +492,8 @@ def dedupe(images: str | Path, *, scope: str = "subject",
            near_threshold: float = DEFAULT_NEAR_THRESHOLD,
            conflict_dice: float = DEFAULT_CONFLICT_DICE, policy: str = "drop-conflicts",
            use_masks: bool = True, label: int | None = None, subject_regex: str | None = None,
-           workers: int = 4, progress: Callable[[int], None] | None = None) -> DedupeResult:
+           classes: Classes | None = None, workers: int = 4,
+           progress: Callable[[int], None] | None = None) -> DedupeResult:
     """``nerveseg dedupe``: find duplicate pairs and groups, judge their masks, apply a policy.
 
     ``use_masks=False`` finds exact and near duplicates only (nothing conflicts, nothing is
@@ -452,8 +517,12 @@ def dedupe(images: str | Path, *, scope: str = "subject",
                 f"{source}: {len(unlabelled)} of {len(samples)} images have no mask (first: "
                 f"{', '.join(unlabelled[:3])}); dedupe compares masks to find label conflicts, "
                 "so give it a labelled set, or pass --no-masks to find duplicates only")
+    if classes is not None and label is not None:
+        raise NervesegError("--label and --classes exclude each other: --classes keeps every "
+                            "class of the label maps, --label takes one")
+    classes = None if classes is None or classes.binary else classes
     prints = fingerprint_images(samples, use_masks=use_masks, label=label, workers=workers,
-                                source=str(source),
+                                source=str(source), classes=classes,
                                 progress=progress)
 
     exact_a, exact_b = pairs_within_classes(prints.digests)
@@ -468,7 +537,7 @@ def dedupe(images: str | Path, *, scope: str = "subject",
     a, b, exact, distance = a[order], b[order], exact[order], distance[order]
     if use_masks:
         dice = pair_mask_dice(prints, a, b)
-        one_empty = (prints.mask_areas[a] == 0) != (prints.mask_areas[b] == 0)
+        one_empty = pair_presence_differs(prints, a, b)
         conflict = (dice < conflict_dice) | one_empty
     else:
         dice = np.full(a.size, np.nan)
@@ -478,7 +547,7 @@ def dedupe(images: str | Path, *, scope: str = "subject",
     actions, donors = decide_actions(policy, pairs, groups, prints.mask_areas, prints.digests)
     return DedupeResult(source, samples, columns, prints, pairs, groups, actions, donors,
                         policy if use_masks else "none (--no-masks)", scope, near_threshold,
-                        conflict_dice, use_masks)
+                        conflict_dice, use_masks, classes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -520,7 +589,8 @@ def _write_audit(result: DedupeResult, out: Path, workers: int) -> list[Path]:
 
         def copy_mask(index: int) -> Path:
             path = out / "masks" / f"{samples[index].id}.png"
-            write_mask(path, result.prints.mask(int(result.donors[index])))
+            mask = result.prints.mask(int(result.donors[index]))
+            write_label_map(path, mask) if mask.dtype != bool else write_mask(path, mask)
             return path
 
         mask_paths = list(thread_map(copy_mask, receivers.tolist(), workers))

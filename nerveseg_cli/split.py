@@ -21,18 +21,20 @@ from pathlib import Path
 
 import numpy as np
 
+from nerveseg_cli.classes import Classes
 from nerveseg_cli.errors import NervesegError, warn
 from nerveseg_cli.groups import linked_components
 from nerveseg_cli.io.datasets import (
     Sample,
     check_sample_files,
     discover_with_columns,
+    label_areas,
     mask_areas,
     parse_folds,
     read_manifest_columns,
     write_manifest,
 )
-from nerveseg_cli.io.images import MaskReader
+from nerveseg_cli.io.images import LabelMapReader, MaskReader
 from nerveseg_cli.io.outputs import Outputs
 
 GROUPINGS = ("subject", "none")
@@ -76,16 +78,24 @@ def unit_of_images(subjects: Sequence[str], dup_groups: Sequence[str] | None,
     return linked_components(n, rows, cols)
 
 
-def class_counts(units: np.ndarray, has_mask: np.ndarray) -> np.ndarray:
+def class_counts(units: np.ndarray, has_mask: np.ndarray,
+                 class_areas: np.ndarray | None = None) -> np.ndarray:
     """(units, 3) counts of positive, negative and unlabelled images per unit.
 
-    ``has_mask`` holds 1, 0, or -1 for an image without a mask.
+    ``has_mask`` holds 1, 0, or -1 for an image without a mask. With ``class_areas`` (K, N)
+    of label maps, the positive column becomes one column per class (an image counts in each
+    class it holds: multi-label stratification), before the negative and unlabelled ones.
     """
     classes = np.where(has_mask == 1, POSITIVE, np.where(has_mask == 0, NEGATIVE, UNLABELLED))
     n_units = int(units.max(initial=-1)) + 1
     counts = np.zeros((n_units, 3), dtype=np.int64)
     np.add.at(counts, (units, classes), 1)
-    return counts
+    if class_areas is None:
+        return counts
+    presence = np.zeros((n_units, class_areas.shape[0]), dtype=np.int64)
+    for k, areas in enumerate(class_areas):
+        np.add.at(presence[:, k], units, (areas > 0).astype(np.int64))
+    return np.concatenate([presence, counts[:, NEGATIVE:]], axis=1)
 
 
 def deal_units(counts: np.ndarray, targets: np.ndarray,
@@ -200,22 +210,34 @@ class FoldRow:
     positives: int
     labelled: int
     mean_area: float  # mean mask area over the images with a nerve; nan when none
+    class_positives: dict[str, int] | None = None  # label maps: images holding each class
 
     @property
     def positive_rate(self) -> float:
         return self.positives / self.labelled if self.labelled else float("nan")
 
+    def class_rate(self, name: str) -> float:
+        return self.class_positives[name] / self.labelled \
+            if self.labelled and self.class_positives else float("nan")
+
     def as_dict(self) -> dict:
-        return {"fold": self.fold, "images": self.images, "subjects": self.subjects,
-                "positive_pct": round(100 * self.positive_rate, 2)
-                if self.labelled else None,
-                "mean_mask_area": round(self.mean_area, 1)
-                if self.mean_area == self.mean_area else None}
+        row = {"fold": self.fold, "images": self.images, "subjects": self.subjects,
+               "positive_pct": round(100 * self.positive_rate, 2)
+               if self.labelled else None,
+               "mean_mask_area": round(self.mean_area, 1)
+               if self.mean_area == self.mean_area else None}
+        if self.class_positives is not None:
+            row["class_positive_pct"] = {
+                name: round(100 * self.class_rate(name), 2) if self.labelled else None
+                for name in self.class_positives}
+        return row
 
 
-def fold_table(folds: np.ndarray, subjects: Sequence[str],
-               mask_areas: np.ndarray) -> list[FoldRow]:
-    """One row per fold, in fold order, and a last LEFT_OUT row when some rows are left out."""
+def fold_table(folds: np.ndarray, subjects: Sequence[str], mask_areas: np.ndarray,
+               class_areas: np.ndarray | None = None,
+               classes: Classes | None = None) -> list[FoldRow]:
+    """One row per fold, in fold order, and a last LEFT_OUT row when some rows are left out
+    (with label maps: how many of its images hold each class)."""
     subject_codes = np.unique(np.asarray(subjects, dtype=str), return_inverse=True)[1]
     present = sorted(int(f) for f in np.unique(folds))
     ordered = [f for f in present if f >= 0] + [f for f in present if f < 0]
@@ -224,11 +246,16 @@ def fold_table(folds: np.ndarray, subjects: Sequence[str],
         members = folds == fold
         areas = mask_areas[members]
         positive_areas = areas[areas > 0]
+        per_class = None
+        if class_areas is not None and classes is not None:
+            per_class = {name: int(np.count_nonzero(class_areas[k][members] > 0))
+                         for k, name in enumerate(classes.foreground)}
         rows.append(FoldRow(
             fold=fold, images=int(members.sum()),
             subjects=int(np.unique(subject_codes[members]).size),
             positives=int(positive_areas.size), labelled=int(np.count_nonzero(areas >= 0)),
-            mean_area=float(positive_areas.mean()) if positive_areas.size else float("nan")))
+            mean_area=float(positive_areas.mean()) if positive_areas.size else float("nan"),
+            class_positives=per_class))
     return rows
 
 
@@ -273,6 +300,8 @@ class ImageTable:
     samples: list[Sample]
     columns: dict[str, list[str]]
     mask_areas: np.ndarray  # -1 for images without a mask
+    class_areas: np.ndarray | None = None  # label maps: (K, N) pixels of each class
+    classes: Classes | None = None
 
     @property
     def has_mask(self) -> np.ndarray:
@@ -284,14 +313,24 @@ class ImageTable:
 
 
 def read_image_table(path: str | Path, *, subject_regex: str | None = None,
-                     label: int | None = None, workers: int = 4,
+                     label: int | None = None, classes: Classes | None = None,
+                     workers: int = 4,
                      progress: Callable[[int], None] | None = None) -> ImageTable:
-    """Discover an image set (or manifest), check its files exist and read its mask areas."""
+    """Discover an image set (or manifest), check its files exist and read its mask areas
+    (with ``classes``, each class's area in its label maps)."""
     source = Path(path)
     samples, columns = discover_with_columns(source, subject_regex)
     check_sample_files(samples, source)
-    areas = mask_areas(samples, MaskReader(label, str(source)), workers, progress)
-    return ImageTable(source, samples, columns, areas)
+    if classes is None or classes.binary:
+        areas = mask_areas(samples, MaskReader(label, str(source)), workers, progress)
+        return ImageTable(source, samples, columns, areas)
+    if label is not None:
+        raise NervesegError("--label and --classes exclude each other: --classes keeps every "
+                            "class of the label maps, --label takes one")
+    per_class = label_areas(samples, LabelMapReader(classes.count, str(source)), workers,
+                            progress)
+    totals = np.where(per_class[0] < 0, -1, per_class.sum(axis=0))
+    return ImageTable(source, samples, columns, totals, per_class, classes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -330,7 +369,8 @@ class SplitResult:
 def split(images: str | Path, *, folds: int = 5, holdout: float | None = None,
           group: str = "subject", balance: str | tuple[float, float] | None = None,
           seed: int = 0, subject_regex: str | None = None, label: int | None = None,
-          workers: int = 4, progress: Callable[[int], None] | None = None) -> SplitResult:
+          classes: Classes | None = None, workers: int = 4,
+          progress: Callable[[int], None] | None = None) -> SplitResult:
     """``nerveseg split``: assign every image a fold (module docstring); nothing is written.
 
     (Keyword options, one per ``nerveseg split`` flag, as every command's function has.)"""
@@ -342,7 +382,10 @@ def split(images: str | Path, *, folds: int = 5, holdout: float | None = None,
         raise NervesegError(f"--folds {folds}: at least 2 folds are needed")
     ratio = parse_balance(balance) if isinstance(balance, str) else balance
     table = read_image_table(images, subject_regex=subject_regex, label=label,
-                             workers=workers, progress=progress)
+                             classes=classes, workers=workers, progress=progress)
+    if ratio is not None and table.class_areas is not None:
+        raise NervesegError("--balance works on one class (positives and negatives); it does "
+                            "not apply with --classes")
     units = unit_of_images(table.subjects, table.columns.get("dup_group"), group)
     n_units = int(units.max(initial=-1)) + 1
     n_folds = 2 if holdout is not None else folds
@@ -356,7 +399,7 @@ def split(images: str | Path, *, folds: int = 5, holdout: float | None = None,
     if group == "none":
         warn("--group none splits by image: frames of one subject then sit on both sides "
              "of a split and validation scores come out optimistic")
-    counts = class_counts(units, table.has_mask)
+    counts = class_counts(units, table.has_mask, table.class_areas)
     totals = counts.sum(axis=0).astype(np.float64)
     shares = (np.array([holdout, 1.0 - holdout]) if holdout is not None
               else np.full(n_folds, 1.0 / n_folds))
@@ -372,7 +415,8 @@ def split(images: str | Path, *, folds: int = 5, holdout: float | None = None,
         fold_of_image = balance_folds(fold_of_image, table.has_mask, ratio,
                                       np.random.default_rng(balance_seed))
     result = SplitResult(table, fold_of_image, n_folds, holdout, group, ratio, seed, n_units)
-    result.rows = fold_table(fold_of_image, table.subjects, table.mask_areas)
+    result.rows = fold_table(fold_of_image, table.subjects, table.mask_areas,
+                             table.class_areas, table.classes)
     labelled = [row for row in result.rows if row.labelled and row.fold >= 0]
     if labelled and all(row.positives == 0 for row in labelled):
         warn(f"{images}: no fold holds an image with a mask (0% positive everywhere): every "
@@ -419,7 +463,8 @@ class SplitCheck:
         }
 
 
-def check_split(manifest: str | Path, *, label: int | None = None, workers: int = 4,
+def check_split(manifest: str | Path, *, label: int | None = None,
+                classes: Classes | None = None, workers: int = 4,
                 progress: Callable[[int], None] | None = None) -> SplitCheck:
     """Audit a split manifest: subjects and duplicate groups that sit in more than one fold."""
     source = Path(manifest)
@@ -429,13 +474,13 @@ def check_split(manifest: str | Path, *, label: int | None = None, workers: int 
     if "fold" not in columns:
         raise NervesegError(f"{source}: manifest lacks column fold (nerveseg split adds it)")
     folds = parse_folds(samples, columns["fold"])
-    check_sample_files(samples, source)
-    areas = mask_areas(samples, MaskReader(label, str(source)), workers, progress)
-    table = ImageTable(source, samples, columns, areas)
+    table = read_image_table(source, label=label, classes=classes, workers=workers,
+                             progress=progress)
+    areas = table.mask_areas
     leaks = find_leaks(folds, table.subjects, "subject")
     checked: tuple[str, ...] = ("subject",)
     if "dup_group" in columns:
         leaks += find_leaks(folds, columns["dup_group"], "dup_group")
         checked += ("dup_group",)
     return SplitCheck(table, folds, leaks, checked,
-                      fold_table(folds, table.subjects, areas))
+                      fold_table(folds, table.subjects, areas, table.class_areas, table.classes))

@@ -10,6 +10,7 @@ import typer
 
 from nerveseg_cli.cli._app import PANEL_DATA, command
 from nerveseg_cli.cli._common import (
+    ClassesOption,
     JsonOutput,
     Label,
     Overwrite,
@@ -49,6 +50,7 @@ SUMMARY_LABELS = {
     "propagated": "masks propagated", "flagged": "flagged (kept, unresolved)",
     "kept": "kept", "scope": "near-duplicate scope", "near_threshold": "near threshold",
     "conflict_dice": "conflict Dice", "signature": "signature",
+    "with_each_class": "with each class",
 }
 
 
@@ -86,11 +88,13 @@ def dedupe_command(
         "--montage-pairs", min=1, help="Most pairs drawn in the montage.")] = 100,
     subject_regex: SubjectRegex = None,
     label: Label = None,
+    classes: ClassesOption = None,
     overwrite: Overwrite = False,
     workers: Workers = 4,
     json_output: JsonOutput = False,
 ) -> None:
     """Find exact and near-duplicate images, their label conflicts, and repair them."""
+    from nerveseg_cli.classes import parse_classes
     from nerveseg_cli.dedupe import dedupe, write_outputs
     from nerveseg_cli.io.outputs import Outputs
 
@@ -100,7 +104,7 @@ def dedupe_command(
         result = dedupe(images, scope=scope.value, near_threshold=near_threshold,
                         conflict_dice=conflict_dice, policy=policy.value,
                         use_masks=not no_masks, label=label, subject_regex=subject_regex,
-                        workers=workers, progress=advance)
+                        classes=parse_classes(classes), workers=workers, progress=advance)
     written = write_outputs(result, out, overwrite=overwrite, montage=montage,
                             montage_pairs=montage_pairs, workers=workers)
     summary = result.summary
@@ -108,10 +112,17 @@ def dedupe_command(
         print_json(summary)
     else:
         stdout.print(key_value_table(f"dedupe: {images}",
-                                     {SUMMARY_LABELS[k]: v for k, v in summary.items()}))
+                                     {SUMMARY_LABELS[k]: _shown(v) for k, v in summary.items()}))
         stderr.print(f"wrote {out / 'manifest.csv'}, duplicates.csv and summary.json"
                      + (f", {summary['propagated']} masks in {out / 'masks'}"
                         if summary["propagated"] else ""), markup=False)
         if montage is not None:
             stderr.print(f"wrote {montage} ({written.montage_pairs} of "
                          f"{written.conflicting_pairs} conflicting pairs)", markup=False)
+
+
+def _shown(value: object) -> object:
+    """A per-class count as ``nerve 12, vessel 9``; other values as they are."""
+    if isinstance(value, dict):
+        return ", ".join(f"{name} {count}" for name, count in value.items())
+    return value

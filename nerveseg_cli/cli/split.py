@@ -11,6 +11,7 @@ from rich.table import Table
 
 from nerveseg_cli.cli._app import PANEL_DATA, command
 from nerveseg_cli.cli._common import (
+    ClassesOption,
     JsonOutput,
     Label,
     Overwrite,
@@ -24,6 +25,7 @@ from nerveseg_cli.cli._common import (
 )
 
 if TYPE_CHECKING:
+    from nerveseg_cli.classes import Classes
     from nerveseg_cli.split import FoldRow
 
 
@@ -60,11 +62,13 @@ def split_command(
         "group sits in more than one fold.")] = False,
     subject_regex: SubjectRegex = None,
     label: Label = None,
+    classes: ClassesOption = None,
     overwrite: Overwrite = False,
     workers: Workers = 4,
     json_output: JsonOutput = False,
 ) -> None:
     """Make cross-validation folds grouped by subject and stratified by nerve presence."""
+    from nerveseg_cli.classes import parse_classes
     from nerveseg_cli.errors import NervesegError
     from nerveseg_cli.io.outputs import Outputs
 
@@ -72,7 +76,7 @@ def split_command(
         if out is not None or folds is not None or holdout is not None or balance:
             raise NervesegError("--check audits an existing split; it takes no --out, "
                                 "--folds, --holdout or --balance")
-        _check(input, label, workers, json_output)
+        _check(input, label, parse_classes(classes), workers, json_output)
         return
     if out is None:
         raise NervesegError("--out is required (the manifest to write), or pass --check to "
@@ -85,7 +89,7 @@ def split_command(
     with progress_bar(None, "split") as advance:
         result = split(input, folds=folds or 5, holdout=holdout, group=group.value,
                        balance=balance, seed=seed, subject_regex=subject_regex, label=label,
-                       workers=workers, progress=advance)
+                       classes=parse_classes(classes), workers=workers, progress=advance)
     write_split(result, out, overwrite=overwrite)
     summary = result.summary
     if json_output:
@@ -99,11 +103,13 @@ def split_command(
                      "(fold -1)", markup=False)
 
 
-def _check(manifest: Path, label: int | None, workers: int, json_output: bool) -> None:
+def _check(manifest: Path, label: int | None, classes: Classes | None, workers: int,
+           json_output: bool) -> None:
     from nerveseg_cli.split import check_split
 
     with progress_bar(None, "check") as advance:
-        report = check_split(manifest, label=label, workers=workers, progress=advance)
+        report = check_split(manifest, label=label, classes=classes, workers=workers,
+                             progress=advance)
     if json_output:
         print_json(report.summary)
     else:
@@ -130,12 +136,17 @@ def _check(manifest: Path, label: int | None, workers: int, json_output: bool) -
 
 
 def _fold_table(rows: list[FoldRow]) -> Table:
+    """One row per fold; with label maps, a "% NAME" column per class."""
     table = Table()
-    for column in ("fold", "images", "subjects", "positive %", "mean mask area"):
+    names = list(rows[0].class_positives or {}) if rows else []
+    for column in ("fold", "images", "subjects", "positive %", *(f"% {n}" for n in names),
+                   "mean mask area"):
         table.add_column(column, justify="right")
     for row in rows:
+        per_class = [f"{100 * row.class_rate(n):.1f}" if row.labelled else "n/a"
+                     for n in names]
         table.add_row("left out" if row.fold < 0 else str(row.fold), str(row.images),
                       str(row.subjects),
-                      f"{100 * row.positive_rate:.1f}" if row.labelled else "n/a",
+                      f"{100 * row.positive_rate:.1f}" if row.labelled else "n/a", *per_class,
                       "n/a" if row.mean_area != row.mean_area else f"{row.mean_area:.0f}")
     return table

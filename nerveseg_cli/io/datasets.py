@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from nerveseg_cli.errors import NervesegError, brief, warn
-from nerveseg_cli.io.images import IMAGE_SUFFIXES, MaskReader, read_image
+from nerveseg_cli.io.images import IMAGE_SUFFIXES, LabelMapReader, MaskReader, read_image
 from nerveseg_cli.io.outputs import atomic_write_text
 from nerveseg_cli.io.parallel import thread_map
 
@@ -122,6 +122,14 @@ def load_image(sample: Sample) -> np.ndarray:
         return read_image(sample.image)
 
 
+def load_label_map(sample: Sample, reader: LabelMapReader) -> np.ndarray:
+    """A sample's label map (class indices; errors name its manifest row)."""
+    if sample.mask is None:
+        raise NervesegError(f"{sample.origin or sample.id}: {sample.id} has no mask")
+    with naming(sample):
+        return reader.read(sample.mask)
+
+
 def load_mask(sample: Sample, reader: MaskReader) -> np.ndarray:
     """A sample's mask by ``reader``'s rule (errors name its manifest row)."""
     if sample.mask is None:
@@ -145,6 +153,24 @@ def mask_areas(samples: Sequence[Sample], reader: MaskReader, workers: int = 4,
                          count=len(samples))
     reader.finish()
     return counts
+
+
+def label_areas(samples: Sequence[Sample], reader: LabelMapReader, workers: int = 4,
+                progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """(K, N): each foreground class's pixels in each sample's label map (-1 without one)."""
+
+    def areas(sample: Sample) -> np.ndarray:
+        if sample.mask is None:
+            result = np.full(reader.classes - 1, -1, dtype=np.int64)
+        else:
+            labels = load_label_map(sample, reader)
+            result = np.bincount(labels.ravel(), minlength=reader.classes)[1:].astype(np.int64)
+        if progress:
+            progress(1)
+        return result
+
+    rows = list(thread_map(areas, samples, workers))
+    return np.stack(rows, axis=1) if rows else np.zeros((reader.classes - 1, 0), np.int64)
 
 
 def _image_files(folder: Path) -> list[Path]:

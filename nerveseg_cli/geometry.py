@@ -65,6 +65,10 @@ class Geometry:
             return (resized > 127).astype(np.uint8)
         return self.forward(mask.astype(np.uint8), cv2.INTER_NEAREST)
 
+    def forward_labels(self, labels: np.ndarray) -> np.ndarray:
+        """A label map at the network's size: class indices never blend (nearest)."""
+        return self.forward(labels.astype(np.uint8), cv2.INTER_NEAREST)
+
     def backward(self, probs: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Map (N, 1, H', W') network-size probabilities back to an original height x width."""
         if self.mode == "resize":

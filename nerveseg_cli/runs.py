@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from nerveseg_cli import __version__
+from nerveseg_cli.classes import Classes
 from nerveseg_cli.errors import NervesegError, brief
 from nerveseg_cli.geometry import Geometry
 from nerveseg_cli.io.outputs import atomic_write_bytes, atomic_write_text
@@ -38,16 +39,20 @@ class RunConfig:
     training: dict[str, Any]
     # prediction defaults from the training recipe (tta, tta_merge, min_area, crf, ...)
     inference: dict[str, Any] = field(default_factory=dict)
+    classes: Classes | None = None  # a multi-class task's classes (None: binary)
 
     def to_json(self) -> str:
-        return json.dumps({
+        record: dict[str, Any] = {
             "nerveseg_version": __version__,
             "model": self.model.to_dict(),
             "geometry": self.geometry.to_dict(),
             "normalization": {"mean": self.mean, "std": self.std},
             "training": self.training,
             "inference": self.inference,
-        }, indent=2, sort_keys=False) + "\n"
+        }
+        if self.classes is not None:
+            record["classes"] = list(self.classes.names)
+        return json.dumps(record, indent=2, sort_keys=False) + "\n"
 
     @classmethod
     def from_json(cls, text: str, source: Path) -> RunConfig:
@@ -59,7 +64,8 @@ class RunConfig:
                          float(data["normalization"]["mean"]),
                          float(data["normalization"]["std"]),
                          dict(data.get("training", {})),
-                         dict(data.get("inference") or {}))
+                         dict(data.get("inference") or {}),
+                         _classes(data, source))
             if not (math.isfinite(config.mean) and math.isfinite(config.std)
                     and config.std > 0):
                 raise ValueError(f"normalization mean {config.mean}, std {config.std}: the std "
@@ -69,6 +75,17 @@ class RunConfig:
             detail = f"missing {exc}" if isinstance(exc, KeyError) else brief(exc)
             raise NervesegError(f"{source}: not a nerveseg run config ({detail})") from None
         return config
+
+
+def _classes(data: dict[str, Any], source: Path) -> Classes | None:
+    """config.json's class list (multi-class runs), which must match the model's output."""
+    if "classes" not in data:
+        return None
+    classes = Classes.from_json(data, str(source))
+    if classes.count != ModelConfig.from_dict(data["model"]).classes:
+        raise ValueError(f"{classes.count} class names for a model of "
+                         f"{data['model'].get('classes')} classes")
+    return classes
 
 
 def _check_model(model: ModelConfig) -> None:

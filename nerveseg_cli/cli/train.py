@@ -16,6 +16,7 @@ import typer
 
 from nerveseg_cli.cli._app import PANEL_TRAINING, command
 from nerveseg_cli.cli._common import (
+    ClassesOption,
     JsonOutput,
     Label,
     MinArea,
@@ -133,6 +134,10 @@ def train_command(
         P_MODEL, "none, or apf: seed 002's adaptive pyramid fusion of three decoder levels "
         "(unet).", show_default=False)] = _D.fusion,
     label: Label = _D.label,
+    classes: ClassesOption = _D.classes,
+    multilabel: Annotated[bool, _opt(
+        P_DATA, "With --classes: a sigmoid per class (classes may overlap) instead of a "
+        "softmax.", "--multilabel")] = _D.multilabel,
     size: Annotated[str | None, _opt(
         P_DATA, "Resize to WxH (a multiple of 32), e.g. 576x448. Default: pad.",
         metavar="WxH", show_default=False)] = _D.size,

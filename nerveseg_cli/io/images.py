@@ -241,6 +241,9 @@ class LabelMapReader:
         self.classes = classes
         self.source = source
 
+    def finish(self) -> None:
+        """Nothing to check across a set of label maps (each is checked as it is read)."""
+
     def read(self, path: str | Path) -> np.ndarray:
         """The label map in ``path`` as a 2-D uint8 array of class indices."""
         path = Path(path)

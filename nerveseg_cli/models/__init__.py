@@ -40,6 +40,14 @@ class ModelConfig(DictRecord):
     classes: int = 2  # background included; 2 is the binary task (one sigmoid logit)
     multilabel: bool = False  # with more classes: one sigmoid per class, not a softmax
 
+    def to_dict(self) -> dict[str, Any]:
+        """The fields, but the class ones of a binary model (its config.json stays as it
+        always was)."""
+        data = super().to_dict()
+        if self.classes == 2 and not self.multilabel:
+            del data["classes"], data["multilabel"]
+        return data
+
     @property
     def mask_channels(self) -> int:
         """Logit maps: 1 (binary), C (softmax over the classes), C - 1 (sigmoid per class)."""

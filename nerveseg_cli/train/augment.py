@@ -47,8 +47,10 @@ def parse_amount(text: str, name: str) -> tuple[float, float]:
 
 
 def augment_batch(images: torch.Tensor, masks: torch.Tensor, config: AugmentConfig,
-                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Augment a batch (N, C, H, W) of images in [0, 1] and masks in [0, 1].
+                  generator: torch.Generator,
+                  labels: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Augment a batch (N, C, H, W) of images in [0, 1] and masks in [0, 1] (``labels``:
+    label maps of class indices, which geometric transforms sample by nearest neighbour).
 
     Random numbers come from ``generator`` (on the CPU) so that a run is reproducible and
     resumable whatever the device.
@@ -83,9 +85,11 @@ def augment_batch(images: torch.Tensor, masks: torch.Tensor, config: AugmentConf
         grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
         images = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection",
                                align_corners=False)
-        masks = F.grid_sample(masks, grid.to(masks.dtype), mode="bilinear",
+        masks = F.grid_sample(masks, grid.to(masks.dtype),
+                              mode="nearest" if labels else "bilinear",
                               padding_mode="reflection", align_corners=False)
-        masks = (masks > 0.5).to(images.dtype)
+        if not labels:
+            masks = (masks > 0.5).to(images.dtype)
     if config.brightness[1] > 0 and config.brightness[0] > 0:
         amount, probability = config.brightness
         factor = 1 + uniform(-amount, amount) * draw(probability)

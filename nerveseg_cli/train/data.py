@@ -21,10 +21,11 @@ from nerveseg_cli.io.datasets import (
     Sample,
     discover_with_columns,
     load_image,
+    load_label_map,
     load_mask,
     parse_folds,
 )
-from nerveseg_cli.io.images import MaskReader
+from nerveseg_cli.io.images import LabelMapReader, MaskReader
 from nerveseg_cli.io.parallel import thread_map
 
 MEMMAP_ABOVE_BYTES = 4 * 2**30
@@ -99,22 +100,24 @@ class CachedSet:
     """Images and masks at the training geometry, plus what validation needs."""
 
     images: np.ndarray  # (N, H, W) uint8
-    masks: np.ndarray  # (N, H, W) uint8 0/1
-    positive: np.ndarray  # (N,) bool: mask not empty
-    original_masks: list[np.ndarray]  # bool masks at the original size (validation only)
+    masks: np.ndarray  # (N, H, W) uint8 0/1, or class indices (label maps)
+    positive: np.ndarray  # (N,) bool: mask not empty (some class present)
+    original_masks: list[np.ndarray]  # masks at the original size (validation only)
     ids: list[str]
+    class_present: np.ndarray | None = None  # label maps: (N, K) bool, each class present
 
 
 def cache_samples(samples: Sequence[Sample], geometry: Geometry, *, keep_original: bool,
-                  reader: MaskReader | None = None, workers: int = 4,
+                  reader: MaskReader | LabelMapReader | None = None, workers: int = 4,
                   scratch: Path | None = None,
                   progress: Callable[[int], None] | None = None) -> CachedSet:
     """Decode every image and mask once into uint8 arrays at the training geometry; masks by
-    ``reader``'s rule (``--label``). The caller calls ``reader.finish()`` once every set of a
-    run is read (a fold may well hold no foreground); without a reader, one is made and
-    finished here."""
+    ``reader``'s rule (``--label``), or label maps with a LabelMapReader (``--classes``).
+    The caller calls ``reader.finish()`` once every set of a run is read (a fold may well
+    hold no foreground); without a reader, one is made and finished here."""
     own_reader = reader is None
     reader = reader or MaskReader()
+    classes = reader.classes if isinstance(reader, LabelMapReader) else None
     n = len(samples)
     shape = (n, geometry.height, geometry.width)
     if n * geometry.height * geometry.width * 2 > MEMMAP_ABOVE_BYTES:
@@ -126,16 +129,21 @@ def cache_samples(samples: Sequence[Sample], geometry: Geometry, *, keep_origina
         masks = np.empty(shape, np.uint8)
     originals: list[np.ndarray | None] = [None] * n
     positive = np.zeros(n, bool)
+    present = np.zeros((n, classes - 1), bool) if classes else None
 
     def load(index: int) -> None:
         sample = samples[index]
         image = load_image(sample)
-        mask = load_mask(sample, reader)
+        if classes:
+            mask = load_label_map(sample, reader)  # type: ignore[arg-type]
+            present[index] = np.bincount(mask.ravel(), minlength=classes)[1:] > 0
+        else:
+            mask = load_mask(sample, reader)  # type: ignore[arg-type]
         if mask.shape != image.shape:
             raise NervesegError(f"{sample.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but its "
                                 f"image is {image.shape[1]}x{image.shape[0]}")
         images[index] = geometry.forward(image)
-        masks[index] = geometry.forward_mask(mask)
+        masks[index] = geometry.forward_labels(mask) if classes else geometry.forward_mask(mask)
         positive[index] = bool(mask.any())
         if keep_original:
             originals[index] = mask
@@ -148,7 +156,7 @@ def cache_samples(samples: Sequence[Sample], geometry: Geometry, *, keep_origina
         reader.finish()
     return CachedSet(images, masks, positive,
                      [m for m in originals if m is not None] if keep_original else [],
-                     [s.id for s in samples])
+                     [s.id for s in samples], present)
 
 
 def parse_ratio(text: str | None) -> tuple[int, int] | None:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from nerveseg_cli.device import autocast_for, resolve_amp, resolve_device, seed_everything
 from nerveseg_cli.errors import NervesegError
 from nerveseg_cli.geometry import Geometry, normalise_input
-from nerveseg_cli.io.images import MaskReader, parse_size
+from nerveseg_cli.io.images import LabelMapReader, MaskReader, parse_size
 from nerveseg_cli.io.outputs import Outputs, atomic_write_files, atomic_write_text
 from nerveseg_cli.io.parallel import prefetch
 from nerveseg_cli.models import build_model, count_parameters
@@ -48,7 +48,7 @@ from nerveseg_cli.train.data import (
     select_folds,
 )
 from nerveseg_cli.train.distributed import Distributed
-from nerveseg_cli.train.losses import erosion_smoothed_targets, make_loss
+from nerveseg_cli.train.losses import class_targets, erosion_smoothed_targets, make_loss
 from nerveseg_cli.train.options import TrainOptions, compare_for_resume
 from nerveseg_cli.train.progress import (
     EpochRecord,
@@ -62,6 +62,13 @@ from nerveseg_cli.train.state import Optimisation, TrainState
 
 # Mean and std are estimated on about this many training images (every k-th one).
 NORMALISATION_SAMPLE = 256
+
+
+def _kaggle_dice(values: np.ndarray, truth: np.ndarray, level: int, min_area: int) -> float:
+    """One image's Kaggle Dice (empty-on-empty = 1), by the score code."""
+    truth_hist, all_hist = value_histograms(values, truth)
+    return float(dice(counts_from_histograms(truth_hist[None], all_hist[None], level,
+                                             min_area))[0])
 
 
 @dataclass
@@ -137,18 +144,19 @@ class Trainer:
         seed_everything(options.seed, options.deterministic)
         self.augment = options.augment_config()
         self.balance = parse_ratio(options.balance)
+        self.classes = options.class_list()
         self.loss_fn = make_loss(options.loss, options.loss_weights,
                                  focal_alpha=options.focal_alpha,
                                  focal_gamma=options.focal_gamma,
                                  tversky_alpha=options.tversky_alpha,
-                                 tversky_beta=options.tversky_beta)
+                                 tversky_beta=options.tversky_beta, mode=self.mode)
         lr_factor(options, 0, 1)  # validates --scheduler before the slow part
         reporter.stage("building the model")
         self.model = build_model(options.model_config())
         reporter.stage("reading the dataset")
         self._read_data(saved)
         self.config = RunConfig(options.model_config(), self.geometry, self.mean, self.std,
-                                options.to_dict(), dict(inference or {}))
+                                options.to_dict(), dict(inference or {}), self.classes)
         if self.dist.main:
             outputs.add_inputs(self.input_folders)
             outputs.resumable_folder(out, overwrite=overwrite, resume=resume,
@@ -173,7 +181,8 @@ class Trainer:
             self.geometry = saved.geometry
         else:
             self.geometry = self._choose_geometry(split.train + split.val)
-        reader = MaskReader(options.label, options.manifest)
+        reader = MaskReader(options.label, options.manifest) if self.classes is None else \
+            LabelMapReader(self.classes.count, options.manifest)
         self.train_set = cache_samples(split.train, self.geometry, keep_original=False,
                                        reader=reader, workers=options.workers)
         self.val_set = cache_samples(split.val, self.geometry, keep_original=True,
@@ -187,6 +196,28 @@ class Trainer:
             sample = images[:: max(1, len(self.train_set.ids) // NORMALISATION_SAMPLE)]
             self.mean = float(sample.mean()) / 255
             self.std = max(float(sample.std()) / 255, 1e-3)
+
+    @property
+    def mode(self) -> str:
+        """binary (one sigmoid), softmax (over the classes) or multilabel (a sigmoid each)."""
+        if self.classes is None:
+            return "binary"
+        return "multilabel" if self.options.multilabel else "softmax"
+
+    def targets(self, masks: torch.Tensor, smoothing: bool = True) -> torch.Tensor:
+        """What the loss compares the logits with: the (erosion-smoothed) masks, or one
+        channel per class of the label maps."""
+        options = self.options
+        kernel, epsilon = (options.ems_kernel, options.ems_epsilon) if smoothing else (0, 0.0)
+        if self.classes is None:
+            return erosion_smoothed_targets(masks, kernel, epsilon)
+        return class_targets(masks, self.classes.count, options.multilabel, kernel, epsilon)
+
+    def class_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """(N, K, H, W) probabilities of the foreground classes (K = 1 when binary)."""
+        if self.mode == "softmax":
+            return torch.softmax(logits, dim=1)[:, 1:]
+        return torch.sigmoid(logits)
 
     def _choose_geometry(self, samples: list) -> Geometry:
         options, multiple = self.options, self.model.size_multiple
@@ -228,10 +259,10 @@ class Trainer:
         for epoch in range(state.epoch + 1, options.epochs + 1):
             started = time.perf_counter()
             train_loss = self.train_epoch(epoch)
-            val_loss, val_dice, presence_accuracy = self.validate()
+            val_loss, val_dice, presence_accuracy, class_dice = self.validate()
             record = EpochRecord(epoch, self.loop.optimizer.param_groups[0]["lr"], train_loss,
                                  val_loss, val_dice, presence_accuracy,
-                                 time.perf_counter() - started)
+                                 time.perf_counter() - started, class_dice)
             improved = self._update_state(record)
             if self.dist.main:
                 self.checkpoint(record, improved)
@@ -297,16 +328,16 @@ class Trainer:
         """Forward and backward of one batch (gradients accumulate); the detached loss."""
         options = self.options
         images, masks = augment_batch(images_u8.float() / 255, masks_u8.float(), self.augment,
-                                      self.loop.generator)
+                                      self.loop.generator, labels=self.classes is not None)
         x = normalise_input(images, self.mean, self.std, options.in_channels,
                             options.channels_last)
-        target = erosion_smoothed_targets(masks, options.ems_kernel, options.ems_epsilon)
+        target = self.targets(masks)
         with self.autocast():
             logits, presence = self.train_model(x)
         loss = self.loss_fn(logits, target)
         if presence is not None:
-            has = torch.from_numpy(self.train_set.positive[index]).to(self.device,
-                                                                       torch.float32)
+            has = torch.from_numpy(self.presence_truth(self.train_set, index)).to(
+                self.device, torch.float32)
             loss = loss + options.presence_weight * F.binary_cross_entropy_with_logits(
                 presence.float(), has)
         if not torch.isfinite(loss):
@@ -314,6 +345,12 @@ class Trainer:
                                 "use --amp bf16/off")
         self.loop.scaler.scale(loss / options.accumulate).backward()
         return loss.detach()
+
+    @staticmethod
+    def presence_truth(data: CachedSet, index: np.ndarray) -> np.ndarray:
+        """Whether each image holds the structure: (N,), or (N, K) for each class."""
+        return data.positive[index] if data.class_present is None else \
+            data.class_present[index]
 
     def _optimizer_step(self) -> None:
         loop = self.loop
@@ -326,32 +363,40 @@ class Trainer:
         loop.scheduler.step()
 
     @torch.no_grad()
-    def validate(self) -> tuple[float, float, float]:
-        """Validation loss, Kaggle mean Dice at full resolution, presence accuracy (NaN
-        without a validation fold)."""
+    def validate(self) -> tuple[float, float, float, dict[str, float] | None]:
+        """Validation loss, Kaggle mean Dice at full resolution (over images and classes),
+        presence accuracy (NaN without a validation fold), and each class's Dice (several
+        classes)."""
         data = self.val_set
         if data is None:
-            return float("nan"), float("nan"), float("nan")
+            return float("nan"), float("nan"), float("nan"), None
         self.model.eval()
         indices = np.arange(len(data.ids))[self.dist.rank::self.dist.world]
-        loss_sum = dice_sum = hits = count = 0.0
+        classes = 1 if self.classes is None else self.classes.count - 1
+        loss_sum = hits = count = 0.0
+        dice_sums = [0.0] * classes
         for start in range(0, indices.size, self.options.batch_size):
             index = indices[start:start + self.options.batch_size]
             loss, dices, presence_hits = self._validate_batch(data, index)
             loss_sum += loss * len(index)
-            for value in dices:  # one running sum, image by image
-                dice_sum += value
+            for image_dice in dices:  # running sums, image by image
+                for k, value in enumerate(image_dice):
+                    dice_sums[k] += value
             if presence_hits is not None:
                 hits += presence_hits
-                count += len(index)
-        loss_sum, dice_sum, hits, count = self.dist.reduce_sum([loss_sum, dice_sum, hits, count],
-                                                               self.device)
+                count += len(index) * classes
+        loss_sum, hits, count, *dice_sums = self.dist.reduce_sum(
+            [loss_sum, hits, count, *dice_sums], self.device)
         n = len(data.ids)
-        return loss_sum / n, dice_sum / n, hits / count if count else float("nan")
+        per_class = None if self.classes is None else \
+            {name: total / n for name, total in zip(self.classes.foreground, dice_sums,
+                                                    strict=True)}
+        return (loss_sum / n, sum(dice_sums) / (n * classes),
+                hits / count if count else float("nan"), per_class)
 
     def _validate_batch(self, data: CachedSet, index: np.ndarray
-                        ) -> tuple[float, list[float], float | None]:
-        """(loss, each image's Dice at its original size, presence hits or None)."""
+                        ) -> tuple[float, list[list[float]], float | None]:
+        """(loss, each image's Dice per class at its original size, presence hits or None)."""
         options = self.options
         images_u8, masks_u8 = _batch_tensors(data, index, self.device, False)
         x = normalise_input(images_u8.float() / 255, self.mean, self.std, options.in_channels,
@@ -359,22 +404,21 @@ class Trainer:
         with self.autocast():
             logits, presence = self.model(x)
         logits = logits.float()
-        loss = float(self.loss_fn(logits, masks_u8.float()))
-        probs = torch.sigmoid(logits)
+        loss = float(self.loss_fn(logits, self.targets(masks_u8.float(), smoothing=False)))
+        probs = self.class_probabilities(logits)
         level = threshold_level(options.threshold)
         dices = []
         for row, i in enumerate(index):
             truth = data.original_masks[i]
             prob = self.geometry.backward(probs[row:row + 1], *truth.shape)
-            values = (prob[0, 0] * 255).round().to(torch.uint8).cpu().numpy()
-            truth_hist, all_hist = value_histograms(values, truth)
-            counts = counts_from_histograms(truth_hist[None], all_hist[None], level,
-                                            options.min_area)
-            dices.append(float(dice(counts)[0]))
+            values = (prob[0] * 255).round().to(torch.uint8).cpu().numpy()  # (K, H, W)
+            dices.append([_kaggle_dice(values[k], truth if self.classes is None
+                                       else truth == k + 1, level, options.min_area)
+                          for k in range(values.shape[0])])
         if presence is None:
             return loss, dices, None
         predicted = (torch.sigmoid(presence.float()) > 0.5).cpu().numpy()
-        return loss, dices, float((predicted == data.positive[index]).sum())
+        return loss, dices, float((predicted == self.presence_truth(data, index)).sum())
 
     def checkpoint(self, record: EpochRecord, improved: bool) -> None:
         """The last weights and the training state, written together (a resume never pairs

@@ -16,6 +16,7 @@ from nerveseg_cli.errors import NervesegError
 from nerveseg_cli.records import DictRecord
 
 if TYPE_CHECKING:
+    from nerveseg_cli.classes import Classes
     from nerveseg_cli.models import ModelConfig
     from nerveseg_cli.train.augment import AugmentConfig
 
@@ -46,6 +47,8 @@ class TrainOptions(DictRecord):
     fusion: str | None = None
     # data and geometry
     label: int | None = None  # masks are label maps: foreground = value N
+    classes: str | None = None  # a multi-class task: names (background first) or a count
+    multilabel: bool = False  # several classes: a sigmoid per class instead of a softmax
     size: str | None = None
     pad: bool = False
     # loss
@@ -127,8 +130,29 @@ class TrainOptions(DictRecord):
         if not arch_spec(self.arch).encoder:
             check_encoder_applies(self.arch, encoder, encoder not in (DEFAULTS.encoder, "none", ""))
             encoder = "none"
+        classes = self.class_list()
         return ModelConfig(self.arch, encoder, self.encoder_weights, self.in_channels,
-                           self.decoder_attention, self.presence_head, extra or None)
+                           self.decoder_attention, self.presence_head, extra or None,
+                           classes.count if classes else 2, self.multilabel)
+
+    def class_list(self) -> Classes | None:
+        """The task's classes (None: binary, and also for two classes, which are the binary
+        task itself)."""
+        from nerveseg_cli.classes import Classes
+
+        if self.classes is None:
+            if self.multilabel:
+                raise NervesegError("--multilabel needs --classes (a sigmoid per class)")
+            return None
+        classes = Classes.parse(str(self.classes))
+        if classes.binary:
+            if self.multilabel:
+                raise NervesegError("--multilabel needs three classes or more")
+            return None
+        if self.label is not None:
+            raise NervesegError("--label and --classes exclude each other: --classes keeps "
+                                "every class of the label maps, --label takes one")
+        return classes
 
 
 # (field, test, what the test asks) for every numeric option.

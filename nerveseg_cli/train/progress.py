@@ -20,6 +20,7 @@ class EpochRecord:
     val_dice: float
     val_presence_accuracy: float
     seconds: float
+    class_dice: dict[str, float] | None = None  # several classes: each one's validation Dice
 
 
 class Reporter:
@@ -41,16 +42,21 @@ def format_record(record: EpochRecord, best: bool) -> str:
     """One log line per epoch."""
     text = (f"epoch {record.epoch:3d}  lr {record.lr:.2e}  train loss {record.train_loss:.4f}  "
             f"val loss {record.val_loss:.4f}  val dice {record.val_dice:.4f}")
+    if record.class_dice:
+        text += " (" + ", ".join(f"{k} {v:.4f}" for k, v in record.class_dice.items()) + ")"
     if record.val_presence_accuracy == record.val_presence_accuracy:
         text += f"  presence acc {record.val_presence_accuracy:.3f}"
     return text + f"  {record.seconds:.1f}s" + ("  *best" if best else "")
 
 
 def metrics_csv(history: list[EpochRecord]) -> str:
-    lines = [",".join(METRICS_COLUMNS)]
+    """metrics.csv: one row per epoch; several classes add a ``dice_NAME`` column each."""
+    names = list(history[0].class_dice or {}) if history else []
+    lines = [",".join([*METRICS_COLUMNS, *(f"dice_{n}" for n in names)])]
     for r in history:
+        extra = "".join(f",{(r.class_dice or {}).get(n, float('nan')):.6f}" for n in names)
         lines.append(f"{r.epoch},{r.lr:.6g},{r.train_loss:.6f},{r.val_loss:.6f},"
-                     f"{r.val_dice:.6f},{r.val_presence_accuracy:.6f},{r.seconds:.3f}")
+                     f"{r.val_dice:.6f},{r.val_presence_accuracy:.6f},{r.seconds:.3f}{extra}")
     return "\n".join(lines) + "\n"
 
 
@@ -73,6 +79,9 @@ def plot_metrics(history: list[EpochRecord], path: Path) -> None:
     left.legend()
     right.plot(epochs, [r.val_dice for r in history], label="validation mean Dice",
                color="tab:green")
+    for name in history[0].class_dice or {}:
+        right.plot(epochs, [(r.class_dice or {}).get(name) for r in history],
+                   label=f"validation Dice, {name}", linestyle="--")
     right.set_xlabel("epoch")
     right.legend()
     figure.tight_layout()

@@ -111,6 +111,20 @@ def unary_energy(probability: np.ndarray) -> np.ndarray:
     return energy
 
 
+def class_unary_energy(probabilities: np.ndarray) -> np.ndarray:
+    """(C, H*W) float32 C-contiguous energies -log q for C labels, from (K, H, W) foreground
+    class probabilities (uint8 values or floats): the background is what the classes leave,
+    each clipped as the binary case is and normalised to sum 1 per pixel."""
+    array = np.asarray(probabilities)
+    p = array.astype(np.float32) / np.float32(255) if array.dtype == np.uint8 else \
+        array.astype(np.float32)
+    p = np.clip(p.reshape(p.shape[0], -1), UNARY_CLIP, 1 - UNARY_CLIP)
+    background = np.clip(1 - p.sum(axis=0, keepdims=True), UNARY_CLIP, 1 - UNARY_CLIP)
+    q = np.concatenate([background, p])
+    q /= q.sum(axis=0, keepdims=True)
+    return np.ascontiguousarray(-np.log(q), dtype=np.float32)
+
+
 def bilateral_features(image: np.ndarray, sxy: float, schan: float) -> np.ndarray:
     """(3, H*W) float32 features [y / sxy, x / sxy, I / schan] of a 2-D grayscale image."""
     height, width = image.shape
@@ -121,6 +135,18 @@ def bilateral_features(image: np.ndarray, sxy: float, schan: float) -> np.ndarra
     return features.reshape(3, -1)
 
 
+def crf_refine_classes(probabilities: np.ndarray, image: np.ndarray,
+                       params: CrfParams = CrfParams()) -> np.ndarray:
+    """Marginals (K, H, W) of the foreground classes after a dense CRF with C = K + 1 labels on
+    one image (pydensecrf's n-label model: one CRF, not K binary ones)."""
+    image = np.asarray(image)
+    if np.shape(probabilities)[1:] != image.shape:
+        raise ValueError(f"probabilities {np.shape(probabilities)} and image {image.shape} "
+                         "differ")
+    unary = class_unary_energy(probabilities)
+    return _inference(unary, image, params)[1:]
+
+
 def crf_refine(probability: np.ndarray, image: np.ndarray,
                params: CrfParams = CrfParams()) -> np.ndarray:
     """Foreground marginals (H x W float32 in [0, 1]) of the dense CRF on one image.
@@ -128,17 +154,21 @@ def crf_refine(probability: np.ndarray, image: np.ndarray,
     ``probability``: H x W uint8 map values or float probabilities; ``image``: H x W grayscale
     (uint8, values 0..255). Inputs are not modified.
     """
-    import pydensecrf.densecrf as dcrf
-
     image = np.asarray(image)
-    if image.ndim != 2:
-        raise ValueError(f"the CRF needs a 2-D grayscale image, got shape {image.shape}")
     if np.shape(probability) != image.shape:
         raise ValueError(f"probability {np.shape(probability)} and image {image.shape} differ")
+    return _inference(unary_energy(probability), image, params)[1]
+
+
+def _inference(unary: np.ndarray, image: np.ndarray, params: CrfParams) -> np.ndarray:
+    """(C, H, W) float32 marginals of the dense CRF with ``unary`` (C, H*W) energies."""
+    import pydensecrf.densecrf as dcrf
+
+    if image.ndim != 2:
+        raise ValueError(f"the CRF needs a 2-D grayscale image, got shape {image.shape}")
     height, width = image.shape
-    model = dcrf.DenseCRF2D(width, height, 2)
-    unary = unary_energy(probability)  # pydensecrf keeps a view: keep it alive until the end
-    model.setUnaryEnergy(unary)
+    model = dcrf.DenseCRF2D(width, height, unary.shape[0])
+    model.setUnaryEnergy(unary)  # pydensecrf keeps a view: unary lives until the end here
     if params.compat_gaussian > 0:
         model.addPairwiseGaussian(sxy=params.sxy_gaussian, compat=params.compat_gaussian)
     features = None
@@ -146,8 +176,8 @@ def crf_refine(probability: np.ndarray, image: np.ndarray,
         features = bilateral_features(image, params.sxy_bilateral, params.schan)
         model.addPairwiseEnergy(features, compat=params.compat_bilateral)
     marginals = np.asarray(model.inference(params.iterations), dtype=np.float32)
-    del unary, features
-    return np.ascontiguousarray(marginals[1].reshape(height, width))
+    del features
+    return np.ascontiguousarray(marginals.reshape(unary.shape[0], height, width))
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -48,6 +49,16 @@ class PostProcess:
         if self.min_area > 0 and np.count_nonzero(mask) < self.min_area:
             return np.zeros_like(mask)
         return mask
+
+
+def label_map(values: np.ndarray, posts: Sequence[PostProcess]) -> np.ndarray:
+    """A label map from (K, H, W) 8-bit class maps: each pixel takes the class with the highest
+    value among those its post-processing keeps there (threshold, then min area per class),
+    else the background 0."""
+    kept = np.stack([post.apply(values[k]) for k, post in enumerate(posts)])
+    scores = np.where(kept, values.astype(np.int16), -1)
+    best = scores.argmax(axis=0)
+    return np.where(kept.any(axis=0), best + 1, 0).astype(np.uint8)
 
 
 def load_postprocess(path: str | Path) -> PostProcess:

@@ -24,16 +24,17 @@ import numpy as np
 import torch
 
 from nerveseg_cli.asme import DEFAULT_BASE
+from nerveseg_cli.classes import Classes, write_classes
 from nerveseg_cli.device import autocast_for, resolve_amp, resolve_device
 from nerveseg_cli.errors import NervesegError, warn
 from nerveseg_cli.geometry import normalise_input
 from nerveseg_cli.io.datasets import Sample, discover_with_columns, parse_folds
 from nerveseg_cli.io.images import read_image
-from nerveseg_cli.io.outputs import Outputs, write_mask
+from nerveseg_cli.io.outputs import Outputs, write_label_map, write_mask
 from nerveseg_cli.io.parallel import prefetch
 from nerveseg_cli.merging import merge_stack
 from nerveseg_cli.models import SegmentationNet
-from nerveseg_cli.postprocess import PostProcess, resolve_postprocess
+from nerveseg_cli.postprocess import PostProcess, label_map, resolve_postprocess
 from nerveseg_cli.probmaps import (
     PRESENCE_CSV,
     check_resume,
@@ -237,6 +238,19 @@ def load_runs(runs: Sequence[str | Path], device: torch.device,
     return loaded
 
 
+def _common_classes(runs: Sequence[LoadedRun]) -> Classes | None:
+    """The runs' classes, which must be the same (None: binary runs)."""
+    first = runs[0]
+    for run in runs[1:]:
+        if (run.config.classes is None) != (first.config.classes is None) or \
+                run.config.model.multilabel != first.config.model.multilabel:
+            raise NervesegError(f"{run.path} and {first.path} are not the same kind of task "
+                                "(binary, softmax or multilabel classes)")
+        if run.config.classes is not None:
+            run.config.classes.check_same(first.config.classes, str(run.path), str(first.path))
+    return first.config.classes
+
+
 def out_of_fold_groups(runs: Sequence[LoadedRun], images: str | Path,
                        samples: Sequence[Sample], folds: Sequence[str]
                        ) -> tuple[list[tuple[list[int], list[Sample]]], dict[str, str]]:
@@ -309,6 +323,10 @@ class Predictor:
         self.device = resolve_device(options.device)
         self.autocast = autocast_for(self.device, resolve_amp(options.amp, self.device))
         self.runs = load_runs(runs, self.device, options.channels_last)
+        self.classes = _common_classes(self.runs)
+        if self.classes is not None and self.external_presence is not None:
+            raise NervesegError("--presence-from takes one presence per image; the runs have "
+                                "several classes (each class's presence comes from the runs)")
         self._check_presence_source()
 
     def _check_presence_source(self) -> None:
@@ -338,14 +356,22 @@ class Predictor:
         for variant in TTA_VARIANTS[self.settings.tta]:
             with self.autocast():
                 logits, presence = run.model(flip(x, variant))
-            probs.append(flip(torch.sigmoid(logits.float()), variant))
+            probs.append(flip(self._probabilities(logits.float()), variant))
             if presence is not None:
                 presences.append(torch.sigmoid(presence.float()))
-        stacked = torch.cat(probs, dim=1)  # (N, V, H', W')
+        stacked = torch.cat(probs, dim=1)  # (N, V * K, H', W'): classes within variants
         stacks = [geometry.backward(stacked[i:i + 1], *image.shape)[0].cpu().numpy()
                   for i, image in enumerate(images)]
+        if self.classes is not None:  # (V, K, H, W)
+            stacks = [s.reshape(len(probs), -1, *s.shape[1:]) for s in stacks]
         presence_array = torch.stack(presences, 1).cpu().numpy() if presences else None
         return stacks, presence_array
+
+    def _probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """(N, K, H, W) probability of each foreground class (K = 1: the binary map)."""
+        if self.classes is not None and not self.runs[0].config.model.multilabel:
+            return torch.softmax(logits, dim=1)[:, 1:]
+        return torch.sigmoid(logits)
 
     def predict_batch(self, members: Sequence[int], samples: Sequence[Sample],
                       images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, float | None]]:
@@ -353,6 +379,10 @@ class Predictor:
         runs ``members``: TTA variants merged per run, then the runs merged, then gated."""
         settings = self.settings
         per_run = [self.run_batch(self.runs[m], images) for m in members]
+        if self.classes is not None:
+            return [self._merge_classes([stacks[i] for stacks, _ in per_run],
+                                        [p[i] for _, p in per_run if p is not None])
+                    for i in range(len(samples))]
         results = []
         for i, sample in enumerate(samples):
             merged = [self._merge(stacks[i], settings.tta_merge) for stacks, _ in per_run]
@@ -363,6 +393,21 @@ class Predictor:
                 prob = np.zeros_like(prob)
             results.append((prob, presence))
         return results
+
+    def _merge_classes(self, stacks: list[np.ndarray], presences: list[np.ndarray]
+                       ) -> tuple[np.ndarray, np.ndarray | None]:
+        """One image of several classes: each class merged over TTA variants, then runs, then
+        gated by its own presence; ((K, H, W) maps, (K,) presence or None)."""
+        settings = self.settings
+        maps = np.stack([
+            self._merge(np.stack([self._merge(stack[:, k], settings.tta_merge)
+                                  for stack in stacks]), settings.merge)
+            for k in range(stacks[0].shape[1])])
+        presence = np.mean([p.mean(axis=0) for p in presences], axis=0) if presences \
+            else None
+        if settings.presence_threshold is not None and presence is not None:
+            maps[presence < settings.presence_threshold] = 0.0
+        return maps, presence
 
     def _merge(self, stack: np.ndarray, how: str) -> np.ndarray:
         return merge_stack(stack, how, threshold=self.settings.post.threshold,
@@ -396,7 +441,7 @@ def predict(runs: Sequence[str | Path], images: str | Path, out: str | Path,
     roles, record = _provenance(predictor, runs, images, (k, n), fold_runs)
     if resume and not overwrite:
         check_resume(out, "predict", roles, record, ignore=("part", "from_recipe"))
-    done = {p.stem for p in Path(out).glob("*.png")} if resume else set()
+    done = _done_ids(Path(out), predictor.classes) if resume else set()
     groups = [(members, [s for s in group if s.id not in done]) for members, group in groups]
     todo = [s for _, group in groups for s in group]
     _check_external_presence(predictor, todo)
@@ -404,30 +449,62 @@ def predict(runs: Sequence[str | Path], images: str | Path, out: str | Path,
               *{s.image.parent for s in samples if s.image is not None}]
     with Outputs(inputs) as outputs:
         out = outputs.resumable_folder(out, overwrite=overwrite, resume=resume,
-                                       resumable=_has_maps)
+                                       resumable=_has_maps(Path(out)))
         masks_dir = outputs.resumable_folder(options.masks, overwrite=overwrite,
-                                             resume=resume, resumable=_has_maps) \
+                                             resume=resume,
+                                             resumable=_has_maps(Path(options.masks))) \
             if options.masks else None
-        presence: dict[str, float] = {}
-        if resume and (out / PRESENCE_CSV).is_file():
-            presence.update(read_presence(out / PRESENCE_CSV))
+        folders = _class_folders(out, predictor.classes, roles, record)
+        presence = {name: read_presence(folder / PRESENCE_CSV)
+                    if resume and (folder / PRESENCE_CSV).is_file() else {}
+                    for name, folder in folders.items()}
         write_prediction_json(out, "predict", roles, record)
         started = time.perf_counter()
-        _predict_groups(predictor, groups, _MapWriter(out, masks_dir, predictor), presence,
+        _predict_groups(predictor, groups, _MapWriter(folders, masks_dir, predictor), presence,
                         progress)
-        if presence:
-            write_presence(out / PRESENCE_CSV, presence)
+        for name, folder in folders.items():
+            if presence[name]:
+                write_presence(folder / PRESENCE_CSV, presence[name])
+    flat = presence[""] if "" in presence else next(iter(presence.values()), {})
     return PredictResult(len(todo), len(samples) - len(todo), time.perf_counter() - started,
-                         presence)
+                         flat)
 
 
-def _has_maps(added: set[str]) -> bool:
-    """Whether a failed run left complete maps a --resume can keep."""
-    return any(name.endswith(".png") for name in added)
+def _class_folders(out: Path, classes: Classes | None, roles: dict[str, Any],
+                   record: dict[str, Any]) -> dict[str, Path]:
+    """Where each class's maps go: OUT itself for a binary task (key ""), else OUT/<class>/
+    (each a probability folder of its own, with its prediction.json) and OUT/classes.json."""
+    if classes is None:
+        return {"": out}
+    write_classes(out, classes)
+    folders = {}
+    for name in classes.foreground:
+        folders[name] = out / name
+        folders[name].mkdir(exist_ok=True)
+        write_prediction_json(folders[name], "predict", roles, record, extra={"class": name})
+    return folders
+
+
+def _done_ids(out: Path, classes: Classes | None) -> set[str]:
+    """Ids whose maps are all written (every class's, for several classes)."""
+    if classes is None:
+        return {p.stem for p in out.glob("*.png")}
+    found = [{p.stem for p in (out / name).glob("*.png")} for name in classes.foreground]
+    return set.intersection(*found) if found else set()
+
+
+def _has_maps(folder: Path) -> Callable[[set[str]], bool]:
+    """Whether a failed run left complete maps a --resume can keep (in the folder, or in its
+    class folders)."""
+    def resumable(added: set[str]) -> bool:
+        return any(name.endswith(".png") or any((folder / name).glob("*.png"))
+                   for name in added)
+
+    return resumable
 
 
 def _predict_groups(predictor: Predictor, groups: list[tuple[list[int], list[Sample]]],
-                    writer: _MapWriter, presence: dict[str, float],
+                    writer: _MapWriter, presence: dict[str, dict[str, float]],
                     progress: Callable[[int], None] | None) -> None:
     """Predict each group with its runs, batch by batch, decoding the next batch while the
     device works and writing in the pool's threads."""
@@ -441,7 +518,8 @@ def _predict_groups(predictor: Predictor, groups: list[tuple[list[int], list[Sam
                         batch, decoded, predictor.predict_batch(members, batch, decoded),
                         strict=True):
                     if value is not None:
-                        presence[sample.id] = value
+                        for name, number in zip(presence, np.atleast_1d(value), strict=True):
+                            presence[name][sample.id] = float(number)
                     writer.submit(sample.id, prob, image)
                 if progress:
                     progress(len(batch))
@@ -502,8 +580,9 @@ class _MapWriter:
     """Refines (CRF), quantises and writes maps in the pool's threads, with at most a few
     writes in flight per thread (bounds memory)."""
 
-    def __init__(self, out: Path, masks_dir: Path | None, predictor: Predictor) -> None:
-        self.out, self.masks_dir = out, masks_dir
+    def __init__(self, folders: dict[str, Path], masks_dir: Path | None,
+                 predictor: Predictor) -> None:
+        self.folders, self.masks_dir = folders, masks_dir
         self.post, self.crf_params = predictor.settings.post, predictor.crf_params
         self.keep = 4 * max(1, predictor.options.workers)
         self.pool: ThreadPoolExecutor | None = None
@@ -524,11 +603,18 @@ class _MapWriter:
 
     def _write(self, sample_id: str, prob: np.ndarray, image: np.ndarray | None) -> None:
         if self.crf_params is not None and image is not None:
-            from nerveseg_cli.crf import crf_refine
+            from nerveseg_cli.crf import crf_refine, crf_refine_classes
 
-            prob = crf_refine(np.clip(prob, 0.0, 1.0), image, self.crf_params)
+            prob = crf_refine(np.clip(prob, 0.0, 1.0), image, self.crf_params) \
+                if prob.ndim == 2 else crf_refine_classes(prob, image, self.crf_params)
         values = probability_to_values(np.clip(prob, 0.0, 1.0))
-        # The mask first: a PNG in OUT marks the image done for --resume.
+        # The mask first: a PNG in OUT (in the last class folder) marks the image done.
         if self.masks_dir is not None:
-            write_mask(self.masks_dir / f"{sample_id}.png", self.post.apply(values))
-        write_probability(self.out / f"{sample_id}.png", values)
+            if values.ndim == 2:
+                write_mask(self.masks_dir / f"{sample_id}.png", self.post.apply(values))
+            else:
+                write_label_map(self.masks_dir / f"{sample_id}.png",
+                                label_map(values, [self.post] * values.shape[0]))
+        for class_values, folder in zip(values.reshape(-1, *values.shape[-2:]),
+                                        self.folders.values(), strict=True):
+            write_probability(folder / f"{sample_id}.png", class_values)

@@ -48,6 +48,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from nerveseg_cli.classes import Classes, write_classes
 from nerveseg_cli.errors import NervesegError
 from nerveseg_cli.io.datasets import Sample, discover_images, sort_ids
 from nerveseg_cli.io.images import read_raw, to_uint8_gray
@@ -57,6 +58,8 @@ from nerveseg_cli.probmaps import (
     PRESENCE_CSV,
     ProbabilityFolder,
     check_resume,
+    is_class_folder,
+    read_class_folders,
     read_probability_folder,
     read_probability_values,
     write_prediction_json,
@@ -215,21 +218,26 @@ def read_gray_image(path: Path) -> np.ndarray:
 @dataclass(frozen=True)
 class CrfTask:
     sample_id: str
-    probability: Path
+    probabilities: tuple[Path, ...]  # one map, or one per foreground class
     image: Path
-    out: Path
+    outs: tuple[Path, ...]
     shape: tuple[int, int]
     params: CrfParams
 
 
 def refine_file(task: CrfTask) -> str:
-    """Read one map and its image, refine, write atomically; returns the id."""
-    values = read_probability_values(task.probability, task.shape)
+    """Read an image's map(s) and the image, refine, write atomically; returns the id. One
+    map: the binary CRF; one per class: one CRF with a label per class and the background."""
+    values = np.stack([read_probability_values(p, task.shape) for p in task.probabilities])
     image = read_gray_image(task.image)
-    if image.shape != values.shape:
-        raise NervesegError(f"{task.probability}: map is {values.shape[1]}x{values.shape[0]} "
-                            f"but its image {task.image} is {image.shape[1]}x{image.shape[0]}")
-    write_probability(task.out, crf_refine(values, image, task.params))
+    if image.shape != values.shape[1:]:
+        raise NervesegError(f"{task.probabilities[0]}: map is {values.shape[2]}x"
+                            f"{values.shape[1]} but its image {task.image} is "
+                            f"{image.shape[1]}x{image.shape[0]}")
+    refined = crf_refine(values[0], image, task.params)[None] if len(values) == 1 else \
+        crf_refine_classes(values, image, task.params)
+    for out, marginal in zip(task.outs, refined, strict=True):
+        write_probability(out, marginal)
     return task.sample_id
 
 
@@ -302,7 +310,8 @@ def crf(probs: str | Path, images: str | Path, out: str | Path, *,
         params: CrfParams = CrfParams(), workers: int | None = None, resume: bool = False,
         overwrite: bool = False,
         progress: Callable[[int], None] | None = None) -> CrfResult:
-    """``nerveseg crf``: refine a probability folder with its images into a new one.
+    """``nerveseg crf``: refine a probability folder (one class, or several: classes.json and
+    a folder per class) with its images into a new one.
 
     Everything is checked before anything is written: the maps' PNG headers, that every map has
     an image, that the image is 2-D grayscale and of the map's size. ``resume`` skips ids whose
@@ -313,7 +322,8 @@ def crf(probs: str | Path, images: str | Path, out: str | Path, *,
     workers = default_workers() if workers is None else workers
     if workers < 1:
         raise NervesegError(f"--workers {workers} must be >= 1")
-    folder = read_probability_folder(probs)
+    classes, members = _read_members(probs)
+    folder = next(iter(members.values()))
     samples = match_images(folder, images)
     Outputs.preflight(_input_paths(probs, images, samples), folders=[out], overwrite=overwrite,
                       resume=resume)
@@ -321,9 +331,32 @@ def crf(probs: str | Path, images: str | Path, out: str | Path, *,
     inputs = {"probabilities": str(probs), "images": str(images)}
     if resume and not overwrite:
         check_resume(out, "crf", inputs, options)
-    done = {i for i in folder.ids if (out / f"{i}.png").is_file()} if resume else set()
+    done = _done(out, members, folder.ids) if resume else set()
     todo = [i for i in folder.ids if i not in done]
+    _check_images(folder, samples, todo)
+    with Outputs(_input_paths(probs, images, samples)) as outputs:
+        out = outputs.resumable_folder(out, overwrite=overwrite, resume=resume,
+                                       resumable=_has_maps(out))
+        plan = _CrfPlan(classes, members, samples, todo, done, params, inputs)
+        _refine_all(plan, out, workers, progress)
+    return CrfResult(out, todo, sort_ids(done), folder.presence is not None)
 
+
+def _read_members(probs: str | Path) -> tuple[Classes | None,
+                                               dict[str, ProbabilityFolder]]:
+    """The folder's classes (None: one) and its probability folder(s), by class ("": one)."""
+    if is_class_folder(probs):
+        return read_class_folders(probs)
+    return None, {"": read_probability_folder(probs)}
+
+
+def _done(out: Path, members: dict[str, ProbabilityFolder], ids: list[str]) -> set[str]:
+    """Ids whose every refined map is already in ``out``."""
+    return {i for i in ids if all((out / name / f"{i}.png").is_file() for name in members)}
+
+
+def _check_images(folder: ProbabilityFolder, samples: dict[str, Sample],
+                  todo: list[str]) -> None:
     def check(sample_id: str) -> None:
         image_path = samples[sample_id].image
         image = read_gray_image(image_path)
@@ -334,11 +367,6 @@ def crf(probs: str | Path, images: str | Path, out: str | Path, *,
 
     for _ in thread_map(check, todo, 4):
         pass
-    with Outputs(_input_paths(probs, images, samples)) as outputs:
-        out = outputs.resumable_folder(out, overwrite=overwrite, resume=resume,
-                                       resumable=_has_maps)
-        _refine_all(folder, samples, todo, done, out, params, inputs, workers, progress)
-    return CrfResult(out, todo, sort_ids(done), folder.presence is not None)
 
 
 def _input_paths(probs: str | Path, images: str | Path,
@@ -346,28 +374,54 @@ def _input_paths(probs: str | Path, images: str | Path,
     return [Path(probs), Path(images), *{s.image.parent for s in samples.values() if s.image}]
 
 
-def _has_maps(added: set[str]) -> bool:
-    """Whether a failed run left complete maps a --resume can keep."""
-    return any(name.endswith(".png") for name in added)
+def _has_maps(folder: Path) -> Callable[[set[str]], bool]:
+    """Whether a failed run left complete maps a --resume can keep (in class folders too)."""
+    def resumable(added: set[str]) -> bool:
+        return any(name.endswith(".png") or any((folder / name).glob("*.png"))
+                   for name in added)
+
+    return resumable
 
 
-def _refine_all(folder: ProbabilityFolder, samples: dict[str, Sample], todo: list[str],
-                done: set[str], out: Path, params: CrfParams, inputs: dict[str, str],
-                workers: int, progress: Callable[[int], None] | None) -> None:
-    """Refine the ``todo`` maps into ``out``, with presence and provenance (crf's checked
-    plan, handed over as it stands)."""
-    options = asdict(params)
-    tasks = [CrfTask(i, folder.files[i], samples[i].image, out / f"{i}.png",
-                     folder.sizes[i], params) for i in todo]
+@dataclass(frozen=True)
+class _CrfPlan:
+    """What crf checked and will do."""
+
+    classes: Classes | None
+    members: dict[str, ProbabilityFolder]  # by class name ("": one class)
+    samples: dict[str, Sample]
+    todo: list[str]
+    done: set[str]
+    params: CrfParams
+    inputs: dict[str, str]
+
+
+def _refine_all(plan: _CrfPlan, out: Path, workers: int,
+                progress: Callable[[int], None] | None) -> None:
+    """Refine the ``todo`` maps into ``out``, with presence and provenance."""
+    options = asdict(plan.params)
+    folder = next(iter(plan.members.values()))
+    if plan.classes is not None:
+        write_classes(out, plan.classes)
+        for name in plan.members:
+            (out / name).mkdir(exist_ok=True)
+    tasks = [CrfTask(i, tuple(m.files[i] for m in plan.members.values()),
+                     plan.samples[i].image, tuple(out / name / f"{i}.png" for name in
+                                                  plan.members),
+                     folder.sizes[i], plan.params) for i in plan.todo]
     # Written first as incomplete, so an interrupted folder says what it is and a --resume
     # with other options is refused; rewritten as complete at the end.
-    write_prediction_json(out, "crf", inputs, options, upstream=folder.prediction,
+    write_prediction_json(out, "crf", plan.inputs, options, upstream=folder.prediction,
                           extra={"complete": False, "images": len(folder.ids)})
-    if progress and done:
-        progress(len(done))
+    if progress and plan.done:
+        progress(len(plan.done))
     run_tasks(tasks, workers, progress)
-    if folder.presence is not None:
-        write_presence(out / PRESENCE_CSV, folder.presence)
-    write_prediction_json(out, "crf", inputs, options, upstream=folder.prediction,
+    for name, member in plan.members.items():
+        if member.presence is not None:
+            write_presence(out / name / PRESENCE_CSV, member.presence)
+        if name:  # each class folder says what it is, for the binary tools that read it
+            write_prediction_json(out / name, "crf", plan.inputs, options,
+                                  upstream=member.prediction, extra={"class": name})
+    write_prediction_json(out, "crf", plan.inputs, options, upstream=folder.prediction,
                           extra={"complete": True, "images": len(folder.ids),
-                                 "skipped_on_resume": len(done)})
+                                 "skipped_on_resume": len(plan.done)})

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from nerveseg_cli.classes import CLASSES_JSON, write_classes
 from nerveseg_cli.errors import NervesegError, warn
 from nerveseg_cli.io.datasets import sort_ids
 from nerveseg_cli.io.outputs import Outputs, atomic_write_text
@@ -29,6 +30,8 @@ from nerveseg_cli.merging import MEAN, MergeRule, merge_presence, merge_stack, n
 from nerveseg_cli.probmaps import (
     PRESENCE_CSV,
     ProbabilityFolder,
+    is_class_folder,
+    read_class_folders,
     read_probability_folder,
     read_probability_values,
     write_prediction_json,
@@ -122,11 +125,48 @@ def ensemble(members: Sequence[str | Path], out: str | Path, rule: MergeRule = M
     rule.validate(len(paths))
     with Outputs(inputs=paths) as outputs:
         folder = outputs.folder(out, overwrite=overwrite)
+        if any(is_class_folder(p) for p in paths):
+            return _ensemble_classes(paths, folder, Path(out), rule, allow_missing, workers,
+                                     progress)
         folders = [read_probability_folder(p) for p in paths]
         ids = check_members(folders, allow_missing)
         _warn_partial_presence(folders)
         merger = _Merger(folders, rule, folder, progress)
         return _merge_folders(merger, paths, ids, Path(out), allow_missing, workers)
+
+
+def _ensemble_classes(paths: Sequence[Path], folder: Path, final: Path, rule: MergeRule,
+                      allow_missing: bool, workers: int,
+                      progress: Callable[[int], None] | None) -> EnsembleResult:
+    """Folders of several classes: each class merged on its own into ``folder/<class>``
+    (same rule, same checks), with the members' classes, which must agree."""
+    read = []
+    for path in paths:
+        if not is_class_folder(path):
+            raise NervesegError(f"{path}: a folder of one class among folders of several "
+                                f"({paths[0]} has {CLASSES_JSON}); merge like with like")
+        read.append(read_class_folders(path))
+    classes = read[0][0]
+    for path, (other, _) in zip(paths[1:], read[1:], strict=True):
+        other.check_same(classes, str(path), str(paths[0]))
+    results = []
+    for name in classes.foreground:
+        members = [members[name] for _, members in read]
+        ids = check_members(members, allow_missing)
+        (folder / name).mkdir()
+        merger = _Merger(members, rule, folder / name, progress)
+        results.append(_merge_folders(merger, [p / name for p in paths], ids, final / name,
+                                      allow_missing, workers))
+    write_classes(folder, classes)
+    write_prediction_json(folder, "ensemble", {"members": [str(p) for p in paths]},
+                          _options_record(rule, allow_missing),
+                          extra={"classes": list(classes.names)})
+    first = results[0]
+    weights = [r.mean_weights for r in results if r.mean_weights is not None]
+    return EnsembleResult(final, rule.method, list(paths), first.ids,
+                          sorted({i for r in results for i in r.partial}),
+                          any(r.presence_written for r in results),
+                          [float(w) for w in np.mean(weights, axis=0)] if weights else None)
 
 
 def _merge_folders(merger: _Merger, paths: Sequence[Path], ids: list[str], final: Path,

@@ -34,6 +34,7 @@ import cv2
 import numpy as np
 
 from nerveseg_cli import __version__
+from nerveseg_cli.classes import CLASSES_JSON, Classes, read_classes
 from nerveseg_cli.errors import NervesegError, warn
 from nerveseg_cli.io.datasets import read_csv_rows, sort_ids, validate_id
 from nerveseg_cli.io.images import PNG_SIGNATURE
@@ -310,3 +311,40 @@ def check_resume(folder: str | Path, command: str, inputs: Mapping[str, Any],
 
 def _shown(value: Any) -> str:
     return "(none)" if value is None else str(value)
+
+
+# --------------------------------------------------------------------------------------------
+# several classes
+
+
+def read_class_folders(path: str | Path) -> tuple[Classes, dict[str, ProbabilityFolder]]:
+    """A probability folder of several classes (docs/formats.md): ``classes.json`` and one
+    probability folder per foreground class, all holding the same ids at the same sizes."""
+    folder = Path(path)
+    classes = read_classes(folder)
+    if classes is None:
+        raise NervesegError(f"{folder}: no {CLASSES_JSON}; a folder of several classes has one "
+                            "(and a folder per class)")
+    members = {}
+    for name in classes.foreground:
+        if not (folder / name).is_dir():
+            raise NervesegError(f"{folder}: class folder {name}/ missing ({CLASSES_JSON} names "
+                                f"{', '.join(classes.foreground)})")
+        members[name] = read_probability_folder(folder / name)
+    first_name, first = next(iter(members.items()))
+    for name, member in members.items():
+        lacking = sort_ids(set(first.files) ^ set(member.files))
+        if lacking:
+            where = first_name if lacking[0] not in first.files else name
+            raise NervesegError(f"{folder}: {len(lacking)} ids are not in every class folder "
+                                f"(first: {lacking[0]}, missing from {where}/)")
+        bad = next((i for i in member.files if member.sizes[i] != first.sizes[i]), None)
+        if bad is not None:
+            raise NervesegError(f"{folder / name / (bad + '.png')}: size differs from "
+                                f"{first_name}/{bad}.png")
+    return classes, members
+
+
+def is_class_folder(path: str | Path) -> bool:
+    """Whether a folder holds maps of several classes (it has a classes.json)."""
+    return (Path(path) / CLASSES_JSON).is_file()

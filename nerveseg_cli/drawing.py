@@ -27,3 +27,28 @@ def overlay(image: np.ndarray, truth: np.ndarray, pred: np.ndarray,
     for mask, colour in ((truth, OVERLAY_COLOURS["gt"]), (pred, OVERLAY_COLOURS["pred"])):
         draw_outline(canvas, mask, colour)
     return canvas.round().astype(np.uint8)
+
+
+def class_colour(index: int) -> tuple[int, int, int]:
+    """A bright BGR colour for class ``index`` (1, 2, ...): the VOC colour map's hue, lifted so
+    that it shows on dark ultrasound."""
+    from nerveseg_cli.io.outputs import label_palette
+
+    red, green, blue = label_palette()[3 * index: 3 * index + 3]
+    return (min(255, 2 * blue), min(255, 2 * green), min(255, 2 * red))
+
+
+def class_overlay(image: np.ndarray, truth: np.ndarray, pred: np.ndarray,
+                  alpha: float = 0.4) -> np.ndarray:
+    """Grayscale image with each class in its colour: the prediction filled (translucent) and
+    outlined thinly, the ground truth outlined thickly (BGR)."""
+    canvas = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR).astype(np.float32)
+    for index in np.unique(np.concatenate([truth.ravel(), pred.ravel()])):
+        if index == 0:
+            continue
+        colour = class_colour(int(index))
+        region = pred == index
+        canvas[region] = (1 - alpha) * canvas[region] + alpha * np.array(colour)
+        draw_outline(canvas, region, colour, 1)
+        draw_outline(canvas, truth == index, colour, 2)
+    return canvas.round().astype(np.uint8)

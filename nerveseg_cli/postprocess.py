@@ -67,18 +67,66 @@ def load_postprocess(path: str | Path) -> PostProcess:
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        threshold, min_area = data["threshold"], data["min_area"]
+        if isinstance(data, dict) and "classes" in data and "threshold" not in data:
+            raise NervesegError(f"{path}: a postprocess.json of several classes "
+                                f"({', '.join(data['classes'])}); it applies to a folder of "
+                                "those classes")
+        return _post_from(data, path)
     except FileNotFoundError:
         raise NervesegError(f"{path}: no such file") from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise NervesegError(f"{path}: not a postprocess.json with threshold and min_area "
                             f"({brief(exc)})") from None
+
+
+def load_class_postprocess(path: str | Path, classes: Sequence[str]) -> dict[str, PostProcess]:
+    """A postprocess.json of several classes (``{"classes": {NAME: {threshold, min_area}}}``),
+    one PostProcess per class; a binary file applies to every class."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise NervesegError(f"{path}: no such file") from None
+    except (OSError, ValueError) as exc:
+        raise NervesegError(f"{path}: not valid JSON ({brief(exc)})") from None
+    if isinstance(data, dict) and "classes" not in data:
+        return dict.fromkeys(classes, load_postprocess(path))
+    table = data.get("classes") if isinstance(data, dict) else None
+    if not isinstance(table, dict):
+        raise NervesegError(f"{path}: expected \"classes\": {{NAME: {{threshold, min_area}}}}")
+    lacking = [name for name in classes if name not in table]
+    if lacking:
+        raise NervesegError(f"{path}: no post-processing for class {lacking[0]!r} (it has "
+                            f"{', '.join(table)})")
+    return {name: _post_from(table[name], path, f"class {name}: ") for name in classes}
+
+
+def resolve_class_posts(classes: Sequence[str], threshold: float | None,
+                        min_area: int | None,
+                        postprocess: str | Path | None) -> dict[str, PostProcess]:
+    """Each class's post-processing: explicit options win over a postprocess.json (per class,
+    or one for all), which wins over the defaults."""
+    base = load_class_postprocess(postprocess, classes) if postprocess else \
+        dict.fromkeys(classes, PostProcess())
+    return {name: resolve_postprocess(threshold if threshold is not None else post.threshold,
+                                      min_area if min_area is not None else post.min_area,
+                                      None)
+            for name, post in base.items()}
+
+
+def _post_from(data: object, path: Path, where: str = "") -> PostProcess:
+    """A PostProcess from {threshold, min_area}, strictly (see load_postprocess)."""
+    try:
+        threshold, min_area = data["threshold"], data["min_area"]  # type: ignore[index]
+    except (KeyError, TypeError) as exc:
+        raise NervesegError(f"{path}: {where}not a postprocess.json with threshold and "
+                            f"min_area ({brief(exc)})") from None
     if not _is_number(threshold) or not 0.0 <= threshold <= 1.0:
-        raise NervesegError(f"{path}: threshold {threshold!r} is not a number in [0, 1]")
+        raise NervesegError(f"{path}: {where}threshold {threshold!r} is not a number in [0, 1]")
     if not _is_number(min_area) or min_area < 0 or min_area != int(min_area) or \
             min_area > 2**31:
-        raise NervesegError(f"{path}: min_area {min_area!r} is not a whole number of pixels "
-                            ">= 0")
+        raise NervesegError(f"{path}: {where}min_area {min_area!r} is not a whole number of "
+                            "pixels >= 0")
     return PostProcess(float(threshold), int(min_area))
 
 

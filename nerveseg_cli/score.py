@@ -334,12 +334,12 @@ def score(pred: str | Path, gt: str | Path, *, threshold: float | None = None,
         report.sweep = sweep(truth_hist, all_hist,
                              frange(sweep_thresholds, "--sweep-threshold")
                              if sweep_thresholds else np.array([post.threshold]),
-                             _min_areas(sweep_min_areas)
+                             min_area_grid(sweep_min_areas)
                              if sweep_min_areas else np.array([post.min_area]))
     return report
 
 
-def _min_areas(spec: str) -> np.ndarray:
+def min_area_grid(spec: str) -> np.ndarray:
     areas = frange(spec, "--sweep-min-area", integer=True)
     if areas.min() < 0:
         raise NervesegError(f"--sweep-min-area {spec!r}: areas are pixel counts, >= 0")

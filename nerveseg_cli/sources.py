@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nerveseg_cli.classes import Classes
 from nerveseg_cli.errors import NervesegError, warn
 from nerveseg_cli.io.datasets import (
     discover_maps,
@@ -21,13 +22,20 @@ from nerveseg_cli.io.datasets import (
 )
 from nerveseg_cli.io.images import (
     PNG_PALETTE,
+    LabelMapReader,
     MaskReader,
     png_colour_type,
     read_raw,
     to_uint8_gray,
 )
-from nerveseg_cli.kaggle_csv import parse_table, read_rle_csv
-from nerveseg_cli.probmaps import PREDICTION_JSON, PRESENCE_CSV, read_presence
+from nerveseg_cli.kaggle_csv import parse_multiclass, parse_table, read_rle_csv, table_classes
+from nerveseg_cli.probmaps import (
+    PREDICTION_JSON,
+    PRESENCE_CSV,
+    is_class_folder,
+    read_class_folders,
+    read_presence,
+)
 from nerveseg_cli.rle import runs_to_mask
 
 
@@ -134,3 +142,89 @@ def open_source(path: str | Path, size: tuple[int, int] = (580, 420),
     files = discover_maps(path)
     return MapSource(path, "folder", size, {i: subject_of(i, subject_regex) for i in files},
                      files=files, has_prediction_json=(path / PREDICTION_JSON).is_file())
+
+
+# --------------------------------------------------------------------------------------------
+# several classes
+
+
+@dataclass
+class ClassSource:
+    """id -> the maps of every foreground class of one image, from a folder of several classes
+    (classes.json and a probability folder per class), label maps (a mask set or manifest
+    whose masks hold class indices) or a multi-class Kaggle CSV."""
+
+    path: Path
+    kind: str  # "classes" (a folder per class), "labels" or "csv"
+    classes: Classes
+    size: tuple[int, int]
+    subjects: dict[str, str]
+    members: dict[str, MapSource] = field(default_factory=dict)  # "classes": per class
+    labels: MapSource | None = None  # "labels": the label maps
+    runs: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
+    has_prediction_json: bool = False
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self.subjects)
+
+    def input_paths(self) -> list[Path]:
+        paths = [self.path]
+        for source in [*self.members.values(), *([self.labels] if self.labels else [])]:
+            paths += source.input_paths()
+        return paths
+
+    def read_labels(self, sample_id: str) -> np.ndarray:
+        """The image's label map (class indices; a CSV's overlapping classes: the last)."""
+        if self.kind == "labels":
+            reader = LabelMapReader(self.classes.count, str(self.path))
+            with self.labels._naming(sample_id):  # type: ignore[union-attr]
+                return reader.read(self.labels.files[sample_id])  # type: ignore[union-attr]
+        values = self.read_values(sample_id)
+        return np.where(values.max(axis=0) > 127, values.argmax(axis=0) + 1, 0).astype(np.uint8)
+
+    def read_values(self, sample_id: str) -> np.ndarray:
+        """(K, H, W) uint8 maps of the foreground classes (probabilities, or 0/255 masks)."""
+        if self.kind == "classes":
+            return np.stack([m.read_values(sample_id) for m in self.members.values()])
+        if self.kind == "labels":
+            labels = self.read_labels(sample_id)
+            return np.stack([(labels == k).astype(np.uint8) * 255
+                             for k in range(1, self.classes.count)])
+        width, height = self.size
+        found = self.runs[sample_id]
+        empty = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+        return np.stack([np.ascontiguousarray(runs_to_mask(*found.get(k, empty), height,
+                                                           width)).astype(np.uint8) * 255
+                         for k in range(1, self.classes.count)])
+
+
+def open_class_source(path: str | Path, classes: Classes | None,
+                      size: tuple[int, int] = (580, 420),
+                      subject_regex: str | None = None) -> ClassSource:
+    """Open maps of several classes: a folder with classes.json, a multi-class Kaggle CSV, or
+    label maps (any mask set or manifest; ``classes`` then says how many there are)."""
+    path = Path(path)
+    if path.is_dir() and is_class_folder(path):
+        found, _ = read_class_folders(path)
+        if classes is not None:
+            found.check_same(classes, str(path), "--classes")
+        members = {name: open_source(path / name, size, subject_regex)
+                   for name in found.foreground}
+        first = next(iter(members.values()))
+        return ClassSource(path, "classes", found, size, dict(first.subjects), members,
+                           has_prediction_json=(path / PREDICTION_JSON).is_file())
+    if path.is_file() and path.suffix.lower() == ".csv" and not is_manifest(path):
+        table = read_rle_csv(path)
+        if not table.multiclass:
+            raise NervesegError(f"{path}: a binary CSV ({table.format}) where several classes "
+                                "are scored; the long or joined form has a class per row")
+        found = table_classes(table, classes)
+        runs = parse_multiclass(table, size, found)
+        return ClassSource(path, "csv", found, size,
+                           {i: subject_of(i, subject_regex) for i in runs}, runs=runs)
+    if classes is None:
+        raise NervesegError(f"{path}: label maps of how many classes? pass --classes (or score "
+                            "a folder of several classes, which has a classes.json)")
+    labels = open_source(path, size, subject_regex)
+    return ClassSource(path, "labels", classes, size, dict(labels.subjects), labels=labels)

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from nerveseg_cli.cli._app import PANEL_SUBMIT, command
 from nerveseg_cli.cli._common import (
+    ClassesOption,
     JsonOutput,
     Label,
     MinArea,
@@ -31,7 +32,9 @@ from nerveseg_cli.cli._common import (
 )
 
 if TYPE_CHECKING:
-    from nerveseg_cli.score import ScoreReport, Sweep
+    from nerveseg_cli.classes import Classes
+    from nerveseg_cli.score import ScoreOutputs, ScoreReport, Sweep
+    from nerveseg_cli.score_classes import ClassScoreReport
 
 
 SUMMARY_LABELS = {
@@ -60,8 +63,10 @@ def score_command(
     postprocess: PostprocessFile = None,
     size: Size = "580x420",
     label: Label = None,
+    classes: ClassesOption = None,
     by: Annotated[str | None, typer.Option(
-        "--by", help="'subject' adds a per-subject table.")] = None,
+        "--by", help="'subject' adds a per-subject table; 'class' (several classes) a "
+        "per-class one.")] = None,
     subject_regex: SubjectRegex = None,
     allow_missing: Annotated[bool, typer.Option(
         "--allow-missing", help="Score ground-truth ids without a prediction as empty.")
@@ -88,12 +93,17 @@ def score_command(
     json_output: JsonOutput = False,
 ) -> None:
     """Score predictions against ground truth exactly as Kaggle does, with the details."""
+    from nerveseg_cli.classes import parse_classes
     from nerveseg_cli.errors import NervesegError
     from nerveseg_cli.io.images import parse_size
     from nerveseg_cli.score import ScoreOutputs, score, write_score_outputs
+    from nerveseg_cli.score_classes import is_multiclass
 
-    if by not in (None, "subject"):
-        raise NervesegError(f"--by {by!r}: only 'subject' is supported")
+    declared = parse_classes(classes)
+    multiclass = is_multiclass(pred, declared)
+    if by not in (None, "subject", "class") or (by == "class" and not multiclass):
+        raise NervesegError(f"--by {by!r}: use subject" + (", or class" if multiclass else
+                                                             " (class needs several classes)"))
     dims = parse_size(size)
     sweeping = bool(sweep_threshold or sweep_min_area)
     targets = ScoreOutputs(
@@ -102,6 +112,11 @@ def score_command(
                                          Path("postprocess.json"))) if sweeping else None)
     # Refuse unusable outputs before the (possibly long) scoring pass.
     targets.check([pred, gt, postprocess, presence_from], overwrite)
+    if multiclass:
+        _score_classes(pred, gt, declared, targets, threshold, min_area, postprocess, dims,
+                       label, presence_threshold, allow_missing, subject_regex,
+                       sweep_threshold, sweep_min_area, overwrite, workers, json_output)
+        return
     with progress_bar(None, "score") as advance:
         report = score(pred, gt, threshold=threshold, min_area=min_area,
                        presence_threshold=presence_threshold, presence_from=presence_from,
@@ -162,4 +177,70 @@ def _sweep_table(sweep: Sweep) -> Table:
             text = f"{sweep.mean_dice[i, j]:.4f}"
             cells.append(f"[bold]{text}[/bold]" if (t == best_t and area == best_a) else text)
         table.add_row(str(area), *cells)
+    return table
+
+
+def _score_classes(pred: Path, gt: Path, declared: Classes | None, targets: ScoreOutputs,
+                   threshold: float | None, min_area: int | None, postprocess: Path | None,
+                   dims: tuple[int, int], label: int | None,
+                   presence_threshold: float | None, allow_missing: bool,
+                   subject_regex: str | None, sweep_threshold: str | None,
+                   sweep_min_area: str | None, overwrite: bool, workers: int,
+                   json_output: bool) -> None:
+    """score with several classes (the command's options, passed on as they are)."""
+    from nerveseg_cli.errors import NervesegError
+    from nerveseg_cli.score_classes import score_classes, write_class_score_outputs
+
+    if label is not None:
+        raise NervesegError("--label takes one class of a label map; with several classes "
+                            "every class is scored (drop --label)")
+    if presence_threshold is not None:
+        raise NervesegError("--presence-threshold gates one class; with several, predict "
+                            "gates each class by its own presence")
+    with progress_bar(None, "score") as advance:
+        report = score_classes(pred, gt, classes=declared, threshold=threshold,
+                               min_area=min_area, postprocess=postprocess, size=dims,
+                               allow_missing=allow_missing, subject_regex=subject_regex,
+                               sweep_thresholds=sweep_threshold,
+                               sweep_min_areas=sweep_min_area, workers=workers,
+                               progress=advance)
+    written = write_class_score_outputs(report, targets, overwrite=overwrite, workers=workers)
+    if json_output:
+        print_json({"summary": report.summary})
+        return
+    stdout.print(_class_table(report))
+    stdout.print(_confusion_table(report))
+    if written:
+        stderr.print(f"wrote {len(written)} files (first: {written[0]})")
+
+
+def _class_table(report: ClassScoreReport) -> Table:
+    summary = report.summary
+    table = Table(title=f"score: {summary['images']} images, {len(report.reports)} classes; "
+                  f"mean Dice over (image, class) {format_value(summary['dice'])}, mean IoU "
+                  f"{format_value(summary['mean_iou'])}", title_justify="left")
+    # short headers so the table fits 80 columns; classes.csv has the full names
+    columns = {"dice": "dice", "iou": "iou", "precision": "prec", "recall": "rec",
+               "specificity": "spec", "auc": "auc", "threshold": "thr", "min_area": "area"}
+    table.add_column("class")
+    for header in columns.values():
+        table.add_column(header, justify="right")
+    for name, figures in summary["by_class"].items():
+        table.add_row(name, *(_short(figures.get(c)) for c in columns))
+    return table
+
+
+def _short(value: object) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "n/a"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _confusion_table(report: ClassScoreReport) -> Table:
+    table = Table(title="pixels: truth (rows) by prediction (columns)", title_justify="left")
+    table.add_column("")
+    for name in report.classes.names:
+        table.add_column(name, justify="right")
+    for name, row in zip(report.classes.names, report.confusion, strict=True):
+        table.add_row(name, *map(str, row.tolist()))
     return table

@@ -1,0 +1,345 @@
+"""``nerveseg score`` with several classes: the Kaggle metric per image and class, and what a
+multi-class task adds (Severstal's mean over image-class pairs, seed 003's mean IoU over
+classes, the pixel confusion matrix between classes).
+
+Each class is scored exactly as a binary task (:mod:`nerveseg_cli.score`: its own histograms,
+counts, summary and sweep); the truth of class k is the ground-truth label map's pixels equal
+to k, the prediction its class-k map. The confusion matrix compares label maps: the ground
+truth's, and the prediction's made by :func:`~nerveseg_cli.postprocess.label_map` from the
+post-processed class maps.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nerveseg_cli.classes import Classes
+from nerveseg_cli.drawing import class_overlay
+from nerveseg_cli.errors import NervesegError
+from nerveseg_cli.io.datasets import discover_images, is_manifest, load_image, sort_ids
+from nerveseg_cli.io.outputs import Outputs, atomic_write_text, write_image
+from nerveseg_cli.io.parallel import thread_map
+from nerveseg_cli.postprocess import (
+    PostProcess,
+    label_map,
+    resolve_class_posts,
+    threshold_level,
+)
+from nerveseg_cli.probmaps import is_class_folder
+from nerveseg_cli.records import json_text
+from nerveseg_cli.score import (
+    N_LEVELS,
+    ScoreOutputs,
+    ScoreReport,
+    counts_from_histograms,
+    frange,
+    min_area_grid,
+    sweep,
+    value_histograms,
+)
+from nerveseg_cli.sources import ClassSource, open_class_source
+
+
+@dataclass
+class ClassScoreReport:
+    """One :class:`ScoreReport` per foreground class over the same images, and the pixel
+    confusion matrix between all classes (rows: truth, columns: prediction)."""
+
+    classes: Classes
+    reports: dict[str, ScoreReport]
+    confusion: np.ndarray  # (C, C) int64
+    pred_source: ClassSource | None = None
+    gt_source: ClassSource | None = None
+    posts: dict[str, PostProcess] = field(default_factory=dict)
+
+    @property
+    def ids(self) -> list[str]:
+        return next(iter(self.reports.values())).ids
+
+    def iou_by_class(self) -> np.ndarray:
+        """(C,) pooled IoU of each class (background first) from the confusion matrix."""
+        tp = np.diag(self.confusion).astype(np.float64)
+        union = self.confusion.sum(axis=0) + self.confusion.sum(axis=1) - tp
+        return np.where(union > 0, tp / np.maximum(union, 1), np.nan)
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        per_class = {name: report.summary for name, report in self.reports.items()}
+        dice = np.array([s["dice"] for s in per_class.values()])
+        iou = self.iou_by_class()
+        return {
+            "images": len(self.ids), "classes": list(self.classes.names),
+            # every class has the same images, so the mean over classes of each class's mean
+            # is the mean over (image, class) pairs: Severstal's metric
+            "dice": float(dice.mean()),
+            "mean_iou": float(np.nanmean(iou[1:])) if np.isfinite(iou[1:]).any()
+            else float("nan"),
+            "mean_iou_with_background": float(np.nanmean(iou)),
+            "pixel_accuracy": float(np.trace(self.confusion) / max(1, self.confusion.sum())),
+            "by_class": {name: {**summary, "pooled_iou": float(iou[k + 1])}
+                         for k, (name, summary) in enumerate(per_class.items())},
+            "confusion": self.confusion.tolist(),
+        }
+
+    def per_image(self):  # noqa: ANN201  (a pandas DataFrame; pandas loads lazily)
+        import pandas as pd
+
+        tables = []
+        for name, report in self.reports.items():
+            table = report.per_image()
+            table.insert(2, "class", name)
+            tables.append(table)
+        return pd.concat(tables, ignore_index=True)
+
+    def by_subject(self):  # noqa: ANN201
+        import pandas as pd
+
+        tables = []
+        for name, report in self.reports.items():
+            table = report.by_subject()
+            table.insert(1, "class", name)
+            tables.append(table)
+        return pd.concat(tables, ignore_index=True)
+
+
+def is_multiclass(pred: str | Path, classes: Classes | None) -> bool:
+    """Whether scoring ``pred`` is a task of several classes: a folder with classes.json, a
+    multi-class Kaggle CSV, or --classes of three or more."""
+    path = Path(pred)
+    if path.is_dir() and is_class_folder(path):
+        return True
+    if path.is_file() and path.suffix.lower() == ".csv" and not is_manifest(path):
+        from nerveseg_cli.kaggle_csv import read_rle_csv
+
+        if read_rle_csv(path).multiclass:
+            return True
+    return classes is not None and not classes.binary
+
+
+def score_classes(pred: str | Path, gt: str | Path, *, classes: Classes | None = None,
+                  threshold: float | None = None, min_area: int | None = None,
+                  postprocess: str | Path | None = None,
+                  size: tuple[int, int] = (580, 420), allow_missing: bool = False,
+                  subject_regex: str | None = None, sweep_thresholds: str | None = None,
+                  sweep_min_areas: str | None = None, workers: int = 4,
+                  progress: Callable[[int], None] | None = None) -> ClassScoreReport:
+    """Score predictions of several classes against label maps (or a multi-class CSV).
+
+    The classes are the prediction folder's (classes.json) or ``classes``; threshold and min
+    area apply to every class, a postprocess.json per class or to all. (Keyword options, one
+    per flag of ``nerveseg score``, as every command's function has.)"""
+    pred_source = open_class_source(pred, classes, size, subject_regex)
+    classes = pred_source.classes
+    gt_source = open_class_source(gt, classes, size, subject_regex)
+    if gt_source.kind != "labels":
+        gt_source.classes.check_same(classes, str(gt), str(pred))
+    posts = resolve_class_posts(classes.foreground, threshold, min_area, postprocess)
+    ids, missing = _match(pred_source, gt_source, allow_missing)
+    pairs = list(thread_map(_Pair(pred_source, gt_source, set(missing), posts, progress),
+                            ids, workers))
+    confusion = sum((p[2] for p in pairs), np.zeros((classes.count,) * 2, np.int64))
+    reports = {}
+    for k, name in enumerate(classes.foreground):
+        truth_hist = np.stack([p[0][k] for p in pairs])
+        all_hist = np.stack([p[1][k] for p in pairs])
+        post = posts[name]
+        counts = counts_from_histograms(truth_hist, all_hist, threshold_level(post.threshold),
+                                        post.min_area)
+        intermediate = bool(np.any(all_hist[:, 1:N_LEVELS - 1] > 0))
+        report = ScoreReport(ids, [gt_source.subjects[i] for i in ids], counts, truth_hist,
+                             all_hist, post, intermediate or pred_source.has_prediction_json,
+                             missing)
+        if sweep_thresholds or sweep_min_areas:
+            report.sweep = sweep(truth_hist, all_hist,
+                                 frange(sweep_thresholds, "--sweep-threshold")
+                                 if sweep_thresholds else np.array([post.threshold]),
+                                 min_area_grid(sweep_min_areas)
+                                 if sweep_min_areas else np.array([post.min_area]))
+        reports[name] = report
+    return ClassScoreReport(classes, reports, confusion, pred_source, gt_source, posts)
+
+
+class _Pair:
+    """Reads one image's truth and prediction and returns, per class, the two histograms of
+    the score, and the image's confusion matrix."""
+
+    def __init__(self, pred: ClassSource, gt: ClassSource, missing: set[str],
+                 posts: dict[str, PostProcess],
+                 progress: Callable[[int], None] | None) -> None:
+        self.pred, self.gt, self.missing = pred, gt, missing
+        self.posts = [posts[name] for name in pred.classes.foreground]
+        self.progress = progress
+
+    def __call__(self, sample_id: str) -> tuple[list[np.ndarray], list[np.ndarray],
+                                                 np.ndarray]:
+        truth = self.gt.read_labels(sample_id)
+        count = self.pred.classes.count
+        if sample_id in self.missing:
+            values = np.zeros((count - 1, *truth.shape), dtype=np.uint8)
+        else:
+            values = self.pred.read_values(sample_id)
+            if values.shape[1:] != truth.shape:
+                raise NervesegError(f"{self.pred.path}: prediction of {sample_id} is "
+                                    f"{values.shape[2]}x{values.shape[1]} but its ground "
+                                    f"truth is {truth.shape[1]}x{truth.shape[0]}")
+        hists = [value_histograms(values[k], truth == k + 1) for k in range(count - 1)]
+        predicted = label_map(values, self.posts)
+        confusion = np.bincount(truth.ravel().astype(np.int64) * count + predicted.ravel(),
+                                minlength=count * count).reshape(count, count)
+        if self.progress:
+            self.progress(1)
+        return [h[0] for h in hists], [h[1] for h in hists], confusion
+
+
+def _match(pred: ClassSource, gt: ClassSource, allow_missing: bool
+           ) -> tuple[list[str], list[str]]:
+    only_gt = sort_ids(set(gt.ids) - set(pred.ids))
+    if only_gt and not allow_missing:
+        raise NervesegError(f"{pred.path} vs {gt.path}: {len(only_gt)} ground-truth ids have no "
+                            f"prediction (first: {', '.join(only_gt[:5])}); pass "
+                            "--allow-missing to score missing predictions as empty")
+    if not gt.ids:
+        raise NervesegError(f"{gt.path}: no ground-truth images to score")
+    return gt.ids, only_gt
+
+
+# --------------------------------------------------------------------------------------------
+# outputs
+
+
+def class_table_csv(report: ClassScoreReport) -> str:
+    """classes.csv (``--by class``): one row per class with its main figures."""
+    summary = report.summary
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    keys = ("dice", "iou", "pooled_iou", "precision", "recall", "specificity", "auc")
+    writer.writerow(["class", *keys])
+    for name, figures in summary["by_class"].items():
+        writer.writerow([name, *(_number(figures.get(k)) for k in keys)])
+    return buffer.getvalue()
+
+
+def confusion_csv(report: ClassScoreReport) -> str:
+    """confusion.csv: pixels by true class (rows) and predicted class (columns)."""
+    names = report.classes.names
+    lines = [",".join(["truth\\predicted", *names])]
+    for name, row in zip(names, report.confusion, strict=True):
+        lines.append(",".join([name, *map(str, row.tolist())]))
+    return "\n".join(lines) + "\n"
+
+
+def sweep_rows(report: ClassScoreReport) -> list[tuple[str, float, int, float]]:
+    """(class, threshold, min area, mean Dice) for every sweep cell of every class."""
+    rows = []
+    for name, class_report in report.reports.items():
+        result = class_report.sweep
+        for i, t in enumerate(result.thresholds):
+            for j, a in enumerate(result.min_areas):
+                rows.append((name, float(t), int(a), float(result.mean_dice[i, j])))
+    return rows
+
+
+def _number(value: Any) -> str:
+    return "" if value is None or value != value else f"{float(value):.6f}"
+
+
+def best_posts(report: ClassScoreReport) -> dict[str, dict[str, float]]:
+    """Each class's best (threshold, min area, mean Dice) of its sweep."""
+    best = {}
+    for name, class_report in report.reports.items():
+        threshold, area, dice_value = class_report.sweep.best
+        best[name] = {"threshold": threshold, "min_area": area, "mean_dice": dice_value}
+    return best
+
+
+def write_class_score_outputs(report: ClassScoreReport, targets: ScoreOutputs, *,
+                              overwrite: bool = False, workers: int = 4) -> list[Path]:
+    """The outputs of a multi-class score, all or none: in ``targets.out`` per_image.csv (a
+    row per image and class), summary.json, classes.csv, confusion.csv, subjects.csv (by
+    subject), sweep.csv; the sweep's postprocess.json per class; overlays."""
+    inputs = [*report.pred_source.input_paths(), *report.gt_source.input_paths(),
+              targets.images]
+    written: list[Path] = []
+    with Outputs(inputs=inputs) as outputs:
+        if targets.out is not None:
+            folder = outputs.folder(targets.out, overwrite=overwrite)
+            written += [targets.out / f.name for f in
+                        _write_tables(report, folder, targets.by_subject)]
+        if _swept(report) and targets.postprocess is not None:
+            file = outputs.file(targets.postprocess, overwrite=overwrite)
+            write_class_postprocess(report, file)
+            written.append(targets.postprocess)
+        if targets.overlays is not None and targets.images is not None:
+            folder = outputs.folder(targets.overlays, overwrite=overwrite)
+            written += [targets.overlays / f.name for f in
+                        write_class_overlays(report, targets.images, folder,
+                                             worst=targets.worst, workers=workers)]
+    return written
+
+
+def _swept(report: ClassScoreReport) -> bool:
+    return all(r.sweep is not None for r in report.reports.values())
+
+
+def _write_tables(report: ClassScoreReport, out: Path, by_subject: bool) -> list[Path]:
+    files = {"per_image.csv": report.per_image().to_csv(index=False, float_format="%.6f"),
+             "summary.json": json_text(report.summary),
+             "classes.csv": class_table_csv(report),
+             "confusion.csv": confusion_csv(report)}
+    if by_subject:
+        files["subjects.csv"] = report.by_subject().to_csv(index=False, float_format="%.6f")
+    if _swept(report):
+        files["sweep.csv"] = "class,threshold,min_area,dice\n" + "".join(
+            f"{name},{t:g},{a},{d:.6f}\n" for name, t, a, d in sweep_rows(report))
+    for name, text in files.items():
+        atomic_write_text(out / name, text)
+    return [out / name for name in files]
+
+
+def write_class_postprocess(report: ClassScoreReport, path: Path) -> None:
+    """postprocess.json of several classes: each class's best sweep cell."""
+    best = best_posts(report)
+    atomic_write_text(path, json_text({
+        "classes": best,
+        "mean_dice": float(np.mean([b["mean_dice"] for b in best.values()])),
+        "chosen_from": str(report.pred_source.path),
+    }))
+
+
+def write_class_overlays(report: ClassScoreReport, images: str | Path, out: Path, *,
+                         worst: int | None = None, workers: int = 4) -> list[Path]:
+    """Overlay PNGs (``RANK_ID.png``, lowest mean Dice over the classes first), a colour per
+    class (drawing.class_overlay)."""
+    image_files = {s.id: s for s in discover_images(images)}
+    ids = report.ids
+    mean_dice = np.mean([r.dice for r in report.reports.values()], axis=0)
+    order = np.lexsort((np.arange(len(ids)), mean_dice))
+    chosen = [ids[i] for i in order[: worst if worst is not None else len(order)]]
+    absent = [i for i in chosen if i not in image_files]
+    if absent:
+        raise NervesegError(f"{images}: no image for {len(absent)} scored ids "
+                            f"(first: {', '.join(absent[:5])})")
+    posts = [report.posts[name] for name in report.classes.foreground]
+    width = len(str(len(chosen)))
+
+    def draw(item: tuple[int, str]) -> Path:
+        rank, sample_id = item
+        image = load_image(image_files[sample_id])
+        truth = report.gt_source.read_labels(sample_id)
+        pred = label_map(report.pred_source.read_values(sample_id), posts)
+        if image.shape != truth.shape:
+            raise NervesegError(f"{image_files[sample_id].image}: image is "
+                                f"{image.shape[1]}x{image.shape[0]}, its label map "
+                                f"{truth.shape[1]}x{truth.shape[0]}")
+        path = out / f"{rank:0{width}d}_{sample_id}.png"
+        write_image(path, class_overlay(image, truth, pred))
+        return path
+
+    return list(thread_map(draw, list(enumerate(chosen, start=1)), workers))

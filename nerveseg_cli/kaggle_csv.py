@@ -145,8 +145,8 @@ def table_classes(table: RleTable, classes: Classes | None) -> Classes:
         bad = next((r for r in table.rows if int(r.klass) >= found.count), None)
         if bad is not None:
             raise NervesegError(f"{table.path}, line {bad.line} (id {bad.id}): ClassId "
-                                f"{bad.klass} is beyond the {found.count - 1} classes of "
-                                f"--classes {','.join(found.names)}")
+                                f"{bad.klass} is beyond --classes {','.join(found.names)} "
+                                f"(ClassId 1 to {found.count - 1})")
         return found
     names = list(dict.fromkeys(r.klass for r in table.rows))
     found = classes or Classes(("background", *names)) if names or classes else None

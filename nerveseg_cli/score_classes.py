@@ -23,7 +23,7 @@ import numpy as np
 from nerveseg_cli.classes import Classes
 from nerveseg_cli.drawing import class_overlay
 from nerveseg_cli.errors import NervesegError
-from nerveseg_cli.io.datasets import discover_images, is_manifest, load_image, sort_ids
+from nerveseg_cli.io.datasets import discover_images, load_image, sort_ids
 from nerveseg_cli.io.outputs import Outputs, atomic_write_text, write_image
 from nerveseg_cli.io.parallel import thread_map
 from nerveseg_cli.postprocess import (
@@ -32,7 +32,6 @@ from nerveseg_cli.postprocess import (
     resolve_class_posts,
     threshold_level,
 )
-from nerveseg_cli.probmaps import is_class_folder
 from nerveseg_cli.records import json_text
 from nerveseg_cli.score import (
     N_LEVELS,
@@ -107,20 +106,6 @@ class ClassScoreReport:
             table.insert(1, "class", name)
             tables.append(table)
         return pd.concat(tables, ignore_index=True)
-
-
-def is_multiclass(pred: str | Path, classes: Classes | None) -> bool:
-    """Whether scoring ``pred`` is a task of several classes: a folder with classes.json, a
-    multi-class Kaggle CSV, or --classes of three or more."""
-    path = Path(pred)
-    if path.is_dir() and is_class_folder(path):
-        return True
-    if path.is_file() and path.suffix.lower() == ".csv" and not is_manifest(path):
-        from nerveseg_cli.kaggle_csv import read_rle_csv
-
-        if read_rle_csv(path).multiclass:
-            return True
-    return classes is not None and not classes.binary
 
 
 def score_classes(pred: str | Path, gt: str | Path, *, classes: Classes | None = None,

@@ -199,6 +199,18 @@ class ClassSource:
                          for k in range(1, self.classes.count)])
 
 
+def is_multiclass(pred: str | Path, classes: Classes | None) -> bool:
+    """Whether ``pred`` (scored or encoded) is a task of several classes: a folder with
+    classes.json, a multi-class Kaggle CSV, or --classes of three or more."""
+    path = Path(pred)
+    if path.is_dir() and is_class_folder(path):
+        return True
+    if path.is_file() and path.suffix.lower() == ".csv" and not is_manifest(path):
+        if read_rle_csv(path).multiclass:
+            return True
+    return classes is not None and not classes.binary
+
+
 def open_class_source(path: str | Path, classes: Classes | None,
                       size: tuple[int, int] = (580, 420),
                       subject_regex: str | None = None) -> ClassSource:

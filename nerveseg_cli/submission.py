@@ -7,8 +7,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from nerveseg_cli.classes import Classes
 from nerveseg_cli.errors import NervesegError, warn
 from nerveseg_cli.io.datasets import sort_ids
 from nerveseg_cli.io.images import MaskReader
@@ -34,26 +35,46 @@ class EncodeResult:
     extra: list[str]
     post: PostProcess
 
+    def summary(self, out: Path) -> dict[str, Any]:
+        return {"rows": self.rows, "non_empty": self.non_empty,
+                "written_empty_missing": len(self.missing),
+                "left_out_not_in_ids": len(self.extra),
+                "threshold": self.post.threshold, "min_area": self.post.min_area,
+                "out": str(out)}
+
 
 if TYPE_CHECKING:
     from nerveseg_cli.sources import MapSource
+    from nerveseg_cli.submission_classes import ClassDecodeResult, ClassEncodeResult
 
 
-def encode_folder(source: str | Path, out: str | Path, *, fmt: str = SUBMISSION,
+def encode_folder(source: str | Path, out: str | Path, *, fmt: str | None = None,
+                  classes: Classes | None = None,
                   threshold: float | None = None, min_area: int | None = None,
                   postprocess: str | Path | None = None, ids_from: str | Path | None = None,
                   allow_missing: bool = False, label: int | None = None,
                   size: tuple[int, int] = (580, 420), overwrite: bool = False,
                   presence_threshold: float | None = None,
-                  presence_from: str | Path | None = None, workers: int = 4) -> EncodeResult:
-    """``nerveseg rle-encode``: masks or probability maps -> a Kaggle CSV.
+                  presence_from: str | Path | None = None,
+                  workers: int = 4) -> EncodeResult | ClassEncodeResult:
+    """``nerveseg rle-encode``: masks or probability maps -> a Kaggle CSV; several classes
+    (a folder with classes.json, label maps with ``classes``) -> the long or joined form.
 
     (Keyword options, one per ``nerveseg rle-encode`` flag, as every command's function has.)
     """
+    from nerveseg_cli.sources import is_multiclass, open_source
+
+    if is_multiclass(source, classes):
+        return _encode_classes(source, out, fmt=fmt, classes=classes, threshold=threshold,
+                               min_area=min_area, postprocess=postprocess, ids_from=ids_from,
+                               allow_missing=allow_missing, label=label, size=size,
+                               overwrite=overwrite, presence_threshold=presence_threshold,
+                               presence_from=presence_from, workers=workers)
+    fmt = fmt or SUBMISSION
     if fmt not in HEADERS:
-        raise NervesegError(f"format {fmt!r} is not one of {', '.join(HEADERS)}")
+        raise NervesegError(f"--format {fmt} is not one of {', '.join(HEADERS)} (the long and "
+                            "joined forms are for several classes: pass --classes)")
     post = resolve_postprocess(threshold, min_area, postprocess)
-    from nerveseg_cli.sources import open_source
 
     order = read_ids_file(ids_from) if ids_from else None
     maps = open_source(source, size)
@@ -64,6 +85,20 @@ def encode_folder(source: str | Path, out: str | Path, *, fmt: str = SUBMISSION,
                                                ids_from, workers)
         atomic_write_text(target, format_rle_csv(encoded, fmt, order))
     return EncodeResult(len(encoded), sum(1 for v in encoded.values() if v), missing, extra, post)
+
+
+def _encode_classes(source: str | Path, out: str | Path, *, label: int | None,
+                    presence_threshold: float | None, presence_from: str | Path | None,
+                    **options: Any) -> ClassEncodeResult:
+    from nerveseg_cli.submission_classes import encode_classes
+
+    if label is not None:
+        raise NervesegError("--label takes one class of a label map; with several classes "
+                            "every class is encoded (drop --label)")
+    if presence_threshold is not None or presence_from is not None:
+        raise NervesegError("presence gating takes one class; with several, predict gates "
+                            "each class by its own presence")
+    return encode_classes(source, out, **options)
 
 
 def _encode_maps(maps: MapSource, post: PostProcess, order: list[str] | None,
@@ -110,16 +145,30 @@ class DecodeResult:
     written: int
     non_empty: int
 
+    def summary(self, out: Path) -> dict[str, Any]:
+        return {"format": self.format, "masks_written": self.written,
+                "non_empty": self.non_empty, "out": str(out)}
+
 
 def decode_csv_to_folder(csv_path: str | Path, out: str | Path, *,
+                         classes: Classes | None = None, label_maps: bool = False,
                          size: tuple[int, int] = (580, 420), overwrite: bool = False,
-                         workers: int = 4,
-                         progress: Callable[[int], None] | None = None) -> DecodeResult:
-    """``nerveseg rle-decode``: a Kaggle CSV -> one mask PNG per row.
+                         workers: int = 4, progress: Callable[[int], None] | None = None
+                         ) -> DecodeResult | ClassDecodeResult:
+    """``nerveseg rle-decode``: a Kaggle CSV -> one mask PNG per row; a multi-class one -> a
+    folder per class (or label maps).
 
     Every row is validated before anything is written, so a bad CSV leaves no output.
     """
     table = read_rle_csv(csv_path)
+    if table.multiclass:
+        from nerveseg_cli.submission_classes import decode_classes
+
+        return decode_classes(table, out, classes=classes, size=size, label_maps=label_maps,
+                              overwrite=overwrite, workers=workers, progress=progress)
+    if (classes is not None and not classes.binary) or label_maps:
+        raise NervesegError(f"{table.path}: a binary CSV ({table.format}: one mask per image); "
+                            "--classes and --label-maps are for the long or joined form")
     runs = parse_table(table, size)
     width, height = size
     with Outputs(inputs=[csv_path]) as outputs:

@@ -9,6 +9,7 @@ import typer
 
 from nerveseg_cli.cli._app import PANEL_SUBMIT, command
 from nerveseg_cli.cli._common import (
+    ClassesOption,
     JsonOutput,
     Label,
     MinArea,
@@ -32,14 +33,18 @@ def rle_encode_command(
     source: Annotated[Path, typer.Argument(
         metavar="INPUT", help="Mask set or probability folder (or a Kaggle CSV to re-encode).")],
     out: Annotated[Path, out_option(help="CSV file to write.")],
-    fmt: Annotated[str, typer.Option(
-        "--format", help="submission (img,pixels) or train (subject,img,pixels).")
-    ] = "submission",
+    fmt: Annotated[str | None, typer.Option(
+        "--format", help="submission (img,pixels) or train (subject,img,pixels); with several "
+        "classes long (ImageId,ClassId,EncodedPixels) or joined (Image_Label,EncodedPixels). "
+        "Default: submission, long, or the form of --ids-from.", show_default=False)
+    ] = None,
+    classes: ClassesOption = None,
     threshold: Threshold = None,
     min_area: MinArea = None,
     postprocess: PostprocessFile = None,
     ids_from: Annotated[Path | None, typer.Option(
-        "--ids-from", help="Emit exactly these ids in this order (e.g. sample_submission.csv).")
+        "--ids-from", help="Emit exactly these ids (or image-class rows) in this order "
+        "(e.g. sample_submission.csv).")
     ] = None,
     allow_missing: Annotated[bool, typer.Option(
         "--allow-missing", help="With --ids-from: write ids without a prediction as empty.")
@@ -53,19 +58,17 @@ def rle_encode_command(
     json_output: JsonOutput = False,
 ) -> None:
     """Encode masks or probability maps as a Kaggle submission (column-major RLE)."""
+    from nerveseg_cli.classes import parse_classes
     from nerveseg_cli.io.images import parse_size
     from nerveseg_cli.submission import encode_folder
 
-    result = encode_folder(source, out, fmt=fmt, threshold=threshold, min_area=min_area,
+    result = encode_folder(source, out, fmt=fmt, classes=parse_classes(classes),
+                           threshold=threshold, min_area=min_area,
                            presence_threshold=presence_threshold, presence_from=presence_from,
                            postprocess=postprocess, ids_from=ids_from,
                            allow_missing=allow_missing, label=label, size=parse_size(size),
                            overwrite=overwrite, workers=workers)
-    summary = {"rows": result.rows, "non_empty": result.non_empty,
-               "written_empty_missing": len(result.missing),
-               "left_out_not_in_ids": len(result.extra),
-               "threshold": result.post.threshold, "min_area": result.post.min_area,
-               "out": str(out)}
+    summary = result.summary(out)
     if json_output:
         print_json(summary)
     else:

@@ -97,7 +97,7 @@ def score_command(
     from nerveseg_cli.errors import NervesegError
     from nerveseg_cli.io.images import parse_size
     from nerveseg_cli.score import ScoreOutputs, score, write_score_outputs
-    from nerveseg_cli.score_classes import is_multiclass
+    from nerveseg_cli.sources import is_multiclass
 
     declared = parse_classes(classes)
     multiclass = is_multiclass(pred, declared)

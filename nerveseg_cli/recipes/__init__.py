@@ -7,8 +7,12 @@ A recipe is a JSON file (docs/recipes.md)::
       "paper": "where it comes from",
       "reported": "what the paper reports",
       "train": {"arch": "unet", "encoder": "efficientnet-b1", ...},
-      "predict": {"tta": "flips", "tta_merge": "asme", "min_area": 2500, "crf": false, ...}
+      "predict": {"tta": "flips", "tta_merge": "asme", "min_area": 2500, "crf": false, ...},
+      "task": "binary"
     }
+
+``task`` (optional, ``binary`` by default) is ``multiclass`` for a recipe made for several
+classes, which then needs ``--classes`` (the class list belongs to the data, not the recipe).
 
 ``train`` keys are :class:`~nerveseg_cli.train.TrainOptions` fields (the ``nerveseg train``
 flags with ``_`` for ``-``); ``predict`` keys are :data:`PREDICT_KEYS`, where ``crf`` is
@@ -33,7 +37,8 @@ from nerveseg_cli.errors import NervesegError, brief, suggest
 
 PREDICT_KEYS = ("tta", "tta_merge", "merge", "asme_base", "threshold", "min_area",
                 "presence_threshold", "crf")
-TOP_KEYS = ("description", "paper", "reported", "train", "predict")
+TOP_KEYS = ("description", "paper", "reported", "train", "predict", "task")
+TASKS = ("binary", "multiclass")
 # train keys a recipe may not set: the data and the bookkeeping belong to the command line
 NOT_IN_RECIPES = ("manifest", "recipe")
 
@@ -46,6 +51,13 @@ class Recipe:
     reported: str
     train: dict[str, Any]
     predict: dict[str, Any]
+    task: str = "binary"
+
+    def check_task(self, classes: str | None) -> None:
+        """A multi-class recipe needs the data's classes."""
+        if self.task == "multiclass" and classes is None:
+            raise NervesegError(f"recipe {self.name} is for several classes: pass --classes "
+                                "(names, background first, or their count)")
 
     def inference(self) -> dict[str, Any]:
         """The prediction defaults stored in config.json: the predict part with ``crf`` as a
@@ -57,7 +69,8 @@ class Recipe:
 
     def to_dict(self) -> dict[str, Any]:
         return {"description": self.description, "paper": self.paper,
-                "reported": self.reported, "train": self.train, "predict": self.predict}
+                "reported": self.reported, "train": self.train, "predict": self.predict,
+                "task": self.task}
 
 
 def crf_parameters(value: Any, source: str) -> dict[str, Any] | None:
@@ -136,8 +149,11 @@ def parse_recipe(text: str, name: str, source: str, validate: bool = True) -> Re
     train, predict = data.get("train", {}), data.get("predict", {})
     if not isinstance(train, dict) or not isinstance(predict, dict):
         raise NervesegError(f"{source}: train and predict must be JSON objects")
+    task = data.get("task", "binary")
+    if task not in TASKS:
+        raise NervesegError(f"{source}: task {task!r} is not one of {', '.join(TASKS)}")
     recipe = Recipe(name, str(data.get("description", "")), str(data.get("paper", "")),
-                    str(data.get("reported", "")), train, predict)
+                    str(data.get("reported", "")), train, predict, task)
     if validate:
         check_train_options(train, source)
         check_predict_options(predict, source)

@@ -237,6 +237,7 @@ def resolve_train_options(given: Mapping[str, Any], explicit: Collection[str] = 
         from nerveseg_cli.recipes import merge_recipe
 
         values = merge_recipe(values, chosen, explicit)
+        chosen.check_task(values["classes"])
         inference = chosen.inference()
         source = str(config_file) if config_file is not None else f"recipe {chosen.name}"
         origin = {key: source for key in chosen.train if key not in explicit}

@@ -83,7 +83,10 @@ class Classes:
         names = data.get("classes") if isinstance(data, dict) else None
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise NervesegError(f"{source}: expected {{\"classes\": [\"background\", ...]}}")
-        return cls(tuple(names))
+        try:
+            return cls(tuple(names))
+        except NervesegError as exc:  # the file is what is wrong, not an option
+            raise NervesegError(f"{source}: {str(exc).removeprefix('--classes: ')}") from None
 
     def check_same(self, other: Classes, mine: str, theirs: str) -> None:
         """Two inputs of one command must agree on the classes; the error names both."""

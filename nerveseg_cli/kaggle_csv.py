@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nerveseg_cli.classes import Classes
+from nerveseg_cli.classes import MAX_CLASSES, Classes
 from nerveseg_cli.errors import NervesegError
 from nerveseg_cli.io.datasets import read_csv_rows, sort_ids, validate_id
 from nerveseg_cli.rle import RleError, parse_runs
@@ -107,7 +107,7 @@ def _row(fmt: str, header: Sequence[str], row: list[str], line: int, where: str)
     if fmt == LONG:
         cell = {name: row[header.index(name)] for name in LONG_COLUMNS}
         klass = cell["ClassId"].strip()
-        if not klass.isdigit() or int(klass) < 1:
+        if not (klass.isascii() and klass.isdigit()) or int(klass) < 1:
             raise NervesegError(f"{where}: ClassId {klass[:20]!r} is not a class index from 1")
         return RleRow(validate_id(cell["ImageId"].strip(), where), line,
                       cell["EncodedPixels"], str(int(klass)))
@@ -140,8 +140,12 @@ def table_classes(table: RleTable, classes: Classes | None) -> Classes:
     ones its rows name (``class1``.. up to the largest ClassId; joined names in order of first
     appearance)."""
     if table.format == LONG:
-        top = max((int(r.klass) for r in table.rows), default=1)
-        found = classes or Classes.parse(str(top + 1))
+        top = max(table.rows, key=lambda r: int(r.klass), default=None)
+        if classes is None and top is not None and int(top.klass) >= MAX_CLASSES:
+            raise NervesegError(f"{table.path}, line {top.line} (id {top.id}): ClassId "
+                                f"{top.klass[:20]} is beyond the {MAX_CLASSES} classes a "
+                                "label map holds")
+        found = classes or Classes.parse(str(int(top.klass) + 1 if top else 2))
         bad = next((r for r in table.rows if int(r.klass) >= found.count), None)
         if bad is not None:
             raise NervesegError(f"{table.path}, line {bad.line} (id {bad.id}): ClassId "
@@ -149,6 +153,10 @@ def table_classes(table: RleTable, classes: Classes | None) -> Classes:
                                 f"(ClassId 1 to {found.count - 1})")
         return found
     names = list(dict.fromkeys(r.klass for r in table.rows))
+    if classes is None and ("background" in names or len(names) >= MAX_CLASSES):
+        what = "names the class 'background'" if "background" in names else \
+            f"names {len(names)} classes, beyond the {MAX_CLASSES - 1} after the background"
+        raise NervesegError(f"{table.path}: {what}; pass --classes")
     found = classes or Classes(("background", *names)) if names or classes else None
     if found is None:
         raise NervesegError(f"{table.path}: no rows, so no classes; pass --classes")
@@ -196,6 +204,12 @@ def format_multiclass_csv(encoded: dict[tuple[str, int], str], fmt: str, classes
                           order: Sequence[tuple[str, int]] | None = None) -> str:
     """Render (image id, class index) -> RLE in the long or joined form, one row per pair, in
     ``order`` or by numeric id then class."""
+    if fmt == JOINED:
+        split = next((n for n in classes.foreground if "_" in n), None)
+        if split is not None:
+            raise NervesegError(f"class {split!r} holds '_', so the joined form's "
+                                "IMAGE_CLASS ids (split at the last '_') cannot name it; "
+                                "use the long form or a class name without '_'")
     pairs = list(order) if order is not None else \
         [(i, k) for i in sort_ids({i for i, _ in encoded}) for k in range(1, classes.count)]
     out = io.StringIO()

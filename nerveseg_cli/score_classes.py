@@ -4,7 +4,8 @@ classes, the pixel confusion matrix between classes).
 
 Each class is scored exactly as a binary task (:mod:`nerveseg_cli.score`: its own histograms,
 counts, summary and sweep); the truth of class k is the ground-truth label map's pixels equal
-to k, the prediction its class-k map. The confusion matrix compares label maps: the ground
+to k (a multi-class CSV's or class folder's own class-k mask, so overlapping classes score as
+Kaggle scores them), the prediction its class-k map. The confusion matrix compares label maps: the ground
 truth's, and the prediction's made by :func:`~nerveseg_cli.postprocess.label_map` from the
 post-processed class maps.
 """
@@ -174,7 +175,11 @@ class _Pair:
                 raise NervesegError(f"{self.pred.path}: prediction of {sample_id} is "
                                     f"{values.shape[2]}x{values.shape[1]} but its ground "
                                     f"truth is {truth.shape[1]}x{truth.shape[0]}")
-        hists = [value_histograms(values[k], truth == k + 1) for k in range(count - 1)]
+        # each class's own truth: a CSV's (or a class folder's) classes may overlap, which
+        # its label map cannot show
+        own = None if self.gt.kind == "labels" else self.gt.read_values(sample_id) > 127
+        hists = [value_histograms(values[k], truth == k + 1 if own is None else own[k])
+                 for k in range(count - 1)]
         predicted = label_map(values, self.posts)
         confusion = np.bincount(truth.ravel().astype(np.int64) * count + predicted.ravel(),
                                 minlength=count * count).reshape(count, count)

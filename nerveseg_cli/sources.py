@@ -175,7 +175,8 @@ class ClassSource:
         return paths
 
     def read_labels(self, sample_id: str) -> np.ndarray:
-        """The image's label map (class indices; a CSV's overlapping classes: the last)."""
+        """The image's label map (class indices; overlapping classes: the first, as
+        :func:`~nerveseg_cli.postprocess.label_map` breaks ties)."""
         if self.kind == "labels":
             reader = LabelMapReader(self.classes.count, str(self.path))
             with self.labels._naming(sample_id):  # type: ignore[union-attr]

@@ -1,5 +1,5 @@
 """Every ``nerveseg COMMAND --option`` the documentation shows exists: in the code blocks of
-docs/*.md and README.md, and anywhere in examples/kaggle.sh (comments included). Command lines
+docs/*.md and README.md, and anywhere in examples/*.sh (comments included). Command lines
 are joined across backslash continuations and cut at shell separators; each subcommand must be
 a command of the app, and each ``--option`` after it one of that command's options."""
 
@@ -17,7 +17,7 @@ from nerveseg_cli.cli import app
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = sorted((REPO / "docs").glob("*.md")) + [REPO / "README.md"]
-SCRIPTS = [REPO / "examples" / "kaggle.sh"]
+SCRIPTS = [REPO / "examples" / "kaggle.sh", REPO / "examples" / "multiclass.sh"]
 FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.S | re.M)
 # `nerveseg` as a program name: not nerveseg_cli, nerveseg-demo, nerveseg.json ...
 INVOCATION = re.compile(r"(?<![\w./-])nerveseg((?:\s+--?[a-z][\w-]*)*)\s+([a-z][a-z-]*)\b"

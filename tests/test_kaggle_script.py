@@ -16,17 +16,18 @@ REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "examples" / "kaggle.sh"
 
 
-def run_script(out: Path, **env: str) -> subprocess.CompletedProcess:
-    """Run the script with the venv's bin first on PATH and one torch thread per process."""
+def run_script(out: Path, script: Path = SCRIPT, **env: str) -> subprocess.CompletedProcess:
+    """Run ``script`` with the venv's bin first on PATH and one torch thread per process."""
     bin_dir = Path(sys.executable).parent
     assert (bin_dir / "nerveseg").exists(), "the nerveseg console script is not installed"
     environment = {k: v for k, v in os.environ.items()
                    if k not in ("DATA", "RECIPE", "FOLDS", "EPOCHS", "DEVICE", "CRF", "SMOKE",
-                                "TRAIN_ARGS", "OVERWRITE", "CUDA_VISIBLE_DEVICES")}
+                                "TRAIN_ARGS", "OVERWRITE", "CUDA_VISIBLE_DEVICES", "CLASSES",
+                                "TEST", "IDS_FROM", "SIZE")}
     environment.update({"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
                         "OUT": str(out), "OMP_NUM_THREADS": "1", "NO_COLOR": "1",
                         "COLUMNS": "120", **env})
-    return subprocess.run(["bash", str(SCRIPT)], env=environment, capture_output=True,
+    return subprocess.run(["bash", str(script)], env=environment, capture_output=True,
                           text=True, timeout=600, cwd=out.parent)
 
 

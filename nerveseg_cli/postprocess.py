@@ -53,12 +53,16 @@ class PostProcess:
 
 def label_map(values: np.ndarray, posts: Sequence[PostProcess]) -> np.ndarray:
     """A label map from (K, H, W) 8-bit class maps: each pixel takes the class with the highest
-    value among those its post-processing keeps there (threshold, then min area per class),
-    else the background 0."""
-    kept = np.stack([post.apply(values[k]) for k, post in enumerate(posts)])
-    scores = np.where(kept, values.astype(np.int16), -1)
-    best = scores.argmax(axis=0)
-    return np.where(kept.any(axis=0), best + 1, 0).astype(np.uint8)
+    value among those its post-processing keeps there (threshold, then min area per class; the
+    first such class on a tie), else the background 0."""
+    labels = np.zeros(values.shape[1:], np.uint8)
+    top = np.zeros(values.shape[1:], values.dtype)  # the value of the class taken so far
+    # one class at a time on uint8 planes: several times faster than an argmax over (K, H, W)
+    for k, post in enumerate(posts):
+        take = post.apply(values[k]) & ((values[k] > top) | (labels == 0))
+        labels = np.where(take, np.uint8(k + 1), labels)
+        top = np.where(take, values[k], top)
+    return labels
 
 
 def load_postprocess(path: str | Path) -> PostProcess:

@@ -1,0 +1,194 @@
+"""Several classes: one 3-class model against two binary ones, the epoch cost of classes, and
+multi-class scoring speed.
+
+1. On usgra-seg (real regional-anaesthesia ultrasound, 0 background, 1 nerve, 2 vessel): k-fold
+   cross-validation (folds from ``split --classes``, stratified on each class), scratch
+   encoder, 256x256, the same options and epochs for all: one model with
+   ``--classes background,nerve,vessel`` against two binary models (``--label 1``, the nerve;
+   ``--label 2``, the vessel). Figures: each class's validation Dice (Kaggle per image,
+   empty-on-empty 1) at each run's best epoch, averaged over folds, and the training wall
+   times. Target: the 3-class model at least as good on each class, in about half the time.
+2. The epoch cost: a 3-class epoch against a binary epoch of the same model and size (from
+   the runs above). Target: at most 1.1x.
+3. ``nerveseg score`` on 5000 pairs of 3-class label maps (580x420, a folder of label maps
+   scored with ``--classes 3``), through the command. Target: at least 300 pairs/s.
+
+Run: .venv/bin/python benchmarks/bench_multiclass.py [--epochs 10] [--folds 5] [--size 256]
+     [--only cv|score] [--pairs 5000] [--set KEY=VALUE ...] (extra train options)
+Data: $NERVESEG_USGRA_DATA or ../shared/data/usgra-seg (part 1 is skipped without it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import REPO, report  # noqa: E402
+
+CLASSES = "background,nerve,vessel"
+
+
+def usgra_dir() -> Path | None:
+    for candidate in (os.environ.get("NERVESEG_USGRA_DATA"),
+                      REPO.parent / "shared" / "data" / "usgra-seg"):
+        if candidate and (Path(candidate) / "masks").is_dir():
+            return Path(candidate)
+    return None
+
+
+def make_folds(data: Path, folds: int, out: Path) -> Path:
+    from nerveseg_cli.classes import Classes
+    from nerveseg_cli.split import split, write_split
+
+    path = out / "folds.csv"
+    write_split(split(data, folds=folds, seed=0, classes=Classes.parse(CLASSES)), path)
+    return path
+
+
+def train_run(manifest: Path, fold: int, out: Path, args: argparse.Namespace,
+              task: dict) -> tuple[pd.Series, float, float]:
+    """Train one run; (its best metrics row, its wall time, its median epoch time)."""
+    from nerveseg_cli.train import resolve_train_options, train
+
+    given = {"manifest": str(manifest), "fold": str(fold), "epochs": args.epochs,
+             "size": f"{args.size}x{args.size}", "device": args.device, "workers": 2,
+             **task, **args.extra}
+    options = resolve_train_options(given, explicit=set(given)).options
+    start = time.perf_counter()
+    train(options, out)
+    wall = time.perf_counter() - start
+    metrics = pd.read_csv(out / "metrics.csv")
+    best = metrics.loc[metrics["val_dice"].idxmax()]
+    return best, wall, float(metrics["seconds"].median())
+
+
+def cross_validation(args: argparse.Namespace, work: Path) -> list[tuple[str, str, str, str]]:
+    data = usgra_dir()
+    if data is None:
+        print("usgra-seg not found (set NERVESEG_USGRA_DATA); skipping the cross-validation")
+        return []
+    print(f"using {data}")
+    manifest = make_folds(data, args.folds, work)
+    tasks = {"3-class": {"classes": CLASSES}, "nerve": {"label": 1}, "vessel": {"label": 2}}
+    figures: dict[str, list] = {"3-class nerve": [], "3-class vessel": [], "binary nerve": [],
+                                "binary vessel": []}
+    wall = {name: 0.0 for name in tasks}
+    epoch = {name: [] for name in tasks}
+    for fold in range(args.folds):
+        for name, task in tasks.items():
+            best, seconds, per_epoch = train_run(manifest, fold, work / f"{name}-{fold}", args,
+                                                 task)
+            wall[name] += seconds
+            epoch[name].append(per_epoch)
+            if name == "3-class":
+                figures["3-class nerve"].append(best["dice_nerve"])
+                figures["3-class vessel"].append(best["dice_vessel"])
+            else:
+                figures[f"binary {name}"].append(best["val_dice"])
+            print(f"fold {fold} {name}: best val Dice {best['val_dice']:.4f}, "
+                  f"{seconds:.0f} s", flush=True)
+    mean = {k: float(np.mean(v)) for k, v in figures.items()}
+    binary_wall = wall["nerve"] + wall["vessel"]
+    binary_epoch = float(np.median(epoch["nerve"] + epoch["vessel"]))
+    class_epoch = float(np.median(epoch["3-class"]))
+    print(json.dumps({"mean_dice": mean, "per_fold": figures, "wall_s": wall,
+                      "epoch_s": {"3-class": class_epoch, "binary": binary_epoch}}, indent=1))
+    setting = f"{args.folds}-fold, {args.epochs} epochs, {args.size}px"
+    return [
+        (f"usgra nerve Dice ({setting})", f"{mean['3-class nerve']:.4f} (3-class)",
+         f"{mean['binary nerve']:.4f} (binary)",
+         f"{mean['3-class nerve'] - mean['binary nerve']:+.4f} (target >= 0)"),
+        (f"usgra vessel Dice ({setting})", f"{mean['3-class vessel']:.4f} (3-class)",
+         f"{mean['binary vessel']:.4f} (binary)",
+         f"{mean['3-class vessel'] - mean['binary vessel']:+.4f} (target >= 0)"),
+        ("usgra training wall time", f"{wall['3-class']:.0f} s (one 3-class model)",
+         f"{binary_wall:.0f} s (two binary)",
+         f"{wall['3-class'] / binary_wall:.2f}x (target ~0.5x)"),
+        (f"epoch, 3 classes vs binary ({args.size}px)", f"{class_epoch:.2f} s",
+         f"{binary_epoch:.2f} s", f"{class_epoch / binary_epoch:.2f}x (target <= 1.1x)"),
+    ]
+
+
+def write_label_maps(truth: Path, pred: Path, count: int, seed: int, noise: float) -> None:
+    """``count`` pairs of 580x420 label maps of 3 classes: the truth, a nerve ellipse and a
+    vessel disc where they are present, and a prediction with a fraction ``noise`` of its
+    pixels relabelled."""
+    import cv2
+
+    from nerveseg_cli.io.outputs import write_label_map
+
+    rng = np.random.default_rng(seed)
+    truth.mkdir(parents=True)
+    pred.mkdir(parents=True)
+    for i in range(count):
+        labels = np.zeros((420, 580), np.uint8)
+        if rng.random() < 0.6:
+            cv2.ellipse(labels, (int(rng.integers(100, 480)), int(rng.integers(100, 320))),
+                        (int(rng.integers(20, 60)), int(rng.integers(15, 40))), 0, 0, 360, 1, -1)
+        if rng.random() < 0.5:
+            cv2.circle(labels, (int(rng.integers(60, 520)), int(rng.integers(60, 360))),
+                       int(rng.integers(10, 35)), 2, -1)
+        write_label_map(truth / f"{i + 1}.png", labels)
+        flip = rng.random(labels.shape) < noise
+        labels[flip] = rng.integers(0, 3, int(flip.sum()))
+        write_label_map(pred / f"{i + 1}.png", labels)
+
+
+def score_speed(args: argparse.Namespace, work: Path) -> list[tuple[str, str, str, str]]:
+    truth, pred = work / "truth", work / "pred"
+    write_label_maps(truth, pred, args.pairs, 1, 0.0005)
+    command = [str(Path(sys.executable).parent / "nerveseg"), "score", str(pred), str(truth),
+               "--classes", "3", "--workers", str(args.workers), "--json"]
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(done.stderr)
+    rate = args.pairs / seconds
+    print(f"score: {args.pairs} pairs in {seconds:.1f} s ({rate:.0f} pairs/s)")
+    return [(f"score {args.pairs} 3-class label-map pairs (command, 580x420)",
+             f"{rate:.0f} pairs/s", "300 pairs/s", f"{rate / 300:.2f}x (target >= 1)")]
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--pairs", type=int, default=5000)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--only", choices=("cv", "score"))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args()
+    args.extra = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        args.extra[key] = json.loads(value) if value[:1] in "0123456789-[{tf" else value
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    rows: list[tuple[str, str, str, str]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        if args.only in (None, "score"):
+            rows += score_speed(args, work / "score")
+        if args.only in (None, "cv"):
+            rows += cross_validation(args, work / "cv")
+    report(rows)
+
+
+if __name__ == "__main__":
+    main()

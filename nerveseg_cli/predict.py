@@ -34,7 +34,12 @@ from nerveseg_cli.io.outputs import Outputs, write_label_map, write_mask
 from nerveseg_cli.io.parallel import prefetch
 from nerveseg_cli.merging import merge_stack
 from nerveseg_cli.models import SegmentationNet
-from nerveseg_cli.postprocess import PostProcess, label_map, resolve_postprocess
+from nerveseg_cli.postprocess import (
+    PostProcess,
+    label_map,
+    resolve_class_posts,
+    resolve_postprocess,
+)
 from nerveseg_cli.probmaps import (
     PRESENCE_CSV,
     check_resume,
@@ -310,11 +315,18 @@ class Predictor:
         if not runs:
             raise NervesegError("predict needs at least one run folder")
         self.options = options
+        first = read_config(runs[0])
+        # several classes: a postprocess.json may give each class its own threshold and min
+        # area (score --sweep-* writes that form); the label-map --masks apply them per class
+        several = first.classes is not None and not first.classes.binary
         self.settings = resolve_inference(
             {"tta": options.tta, "tta_merge": options.tta_merge, "merge": options.merge,
              "asme_base": options.asme_base, "threshold": options.threshold,
              "min_area": options.min_area, "presence_threshold": options.presence_threshold,
-             "crf": options.crf}, read_config(runs[0]).inference, options.postprocess)
+             "crf": options.crf}, first.inference, None if several else options.postprocess)
+        self.class_posts = resolve_class_posts(
+            first.classes.foreground, options.threshold, options.min_area,
+            options.postprocess) if several and options.postprocess else None
         self.crf_params = self.settings.crf_params()
         if options.batch_size < 1:
             raise NervesegError("--batch-size must be at least 1")
@@ -568,7 +580,11 @@ def _provenance(predictor: Predictor, runs: Sequence[str | Path], images: str | 
         "min_area": settings.post.min_area, "presence_threshold": settings.presence_threshold,
         "presence_from": str(options.presence_from) if options.presence_from else None,
         "crf": settings.crf, "part": f"{part[0]}/{part[1]}", "out_of_fold": fold_runs,
-        "from_recipe": recipe}
+        "from_recipe": recipe,
+        # several classes with a postprocess.json: each class's threshold and min area
+        **({"postprocess": {name: {"threshold": post.threshold, "min_area": post.min_area}
+                            for name, post in predictor.class_posts.items()}}
+           if predictor.class_posts else {})}
 
 
 def _decode(batch: Sequence[Sample], pool: ThreadPoolExecutor) -> tuple[list, list]:
@@ -584,6 +600,8 @@ class _MapWriter:
                  predictor: Predictor) -> None:
         self.folders, self.masks_dir = folders, masks_dir
         self.post, self.crf_params = predictor.settings.post, predictor.crf_params
+        self.class_posts = list(predictor.class_posts.values()) \
+            if predictor.class_posts else None
         self.keep = 4 * max(1, predictor.options.workers)
         self.pool: ThreadPoolExecutor | None = None
         self.pending: list[Future] = []
@@ -614,7 +632,8 @@ class _MapWriter:
                 write_mask(self.masks_dir / f"{sample_id}.png", self.post.apply(values))
             else:
                 write_label_map(self.masks_dir / f"{sample_id}.png",
-                                label_map(values, [self.post] * values.shape[0]))
+                                label_map(values, self.class_posts
+                                          or [self.post] * values.shape[0]))
         for class_values, folder in zip(values.reshape(-1, *values.shape[-2:]),
                                         self.folders.values(), strict=True):
             write_probability(folder / f"{sample_id}.png", class_values)

@@ -22,6 +22,7 @@ from nerveseg_cli.io.datasets import sort_ids
 from nerveseg_cli.io.outputs import Outputs, atomic_write_text, write_label_map, write_mask
 from nerveseg_cli.io.parallel import thread_map
 from nerveseg_cli.kaggle_csv import (
+    FORMATS,
     LONG,
     MULTICLASS_FORMATS,
     RleTable,
@@ -73,7 +74,8 @@ def encode_classes(source: str | Path, out: str | Path, *, fmt: str | None = Non
     order = read_pairs_file(ids_from, classes) if ids_from else None
     fmt = fmt or (read_rle_csv(ids_from).format if ids_from else LONG)
     if fmt not in MULTICLASS_FORMATS:
-        raise NervesegError(f"--format {fmt} is binary; several classes are written in the "
+        what = "is binary" if fmt in FORMATS else "is no Kaggle CSV form"
+        raise NervesegError(f"--format {fmt} {what}; several classes are written in the "
                             f"{' or '.join(MULTICLASS_FORMATS)} form")
     with Outputs(inputs=[*maps.input_paths(), ids_from, postprocess]) as outputs:
         target = outputs.file(out, overwrite=overwrite)

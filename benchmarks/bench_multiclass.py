@@ -95,8 +95,11 @@ def cross_validation(args: argparse.Namespace, work: Path) -> list[tuple[str, st
                 figures["3-class vessel"].append(best["dice_vessel"])
             else:
                 figures[f"binary {name}"].append(best["val_dice"])
-            print(f"fold {fold} {name}: best val Dice {best['val_dice']:.4f}, "
-                  f"{seconds:.0f} s", flush=True)
+            classes = (f" (nerve {best['dice_nerve']:.4f}, vessel {best['dice_vessel']:.4f})"
+                       if name == "3-class" else "")
+            print(f"fold {fold} {name}: best val Dice {best['val_dice']:.4f}{classes} at "
+                  f"epoch {int(best['epoch'])}, {seconds:.0f} s, {per_epoch:.1f} s/epoch",
+                  flush=True)
     mean = {k: float(np.mean(v)) for k, v in figures.items()}
     binary_wall = wall["nerve"] + wall["vessel"]
     binary_epoch = float(np.median(epoch["nerve"] + epoch["vessel"]))

@@ -52,3 +52,14 @@ def class_overlay(image: np.ndarray, truth: np.ndarray, pred: np.ndarray,
         draw_outline(canvas, region, colour, 1)
         draw_outline(canvas, truth == index, colour, 2)
     return canvas.round().astype(np.uint8)
+
+
+def outline_frame(image: np.ndarray, labels: np.ndarray, thickness: int = 2) -> np.ndarray:
+    """A grayscale frame with the outline of each predicted class in its colour (BGR): what
+    ``predict --overlay-video`` writes, light enough to watch the anatomy under it."""
+    canvas = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    for index in range(1, int(labels.max(initial=0)) + 1):
+        region = labels == index
+        if region.any():
+            draw_outline(canvas, region, class_colour(index), thickness)
+    return canvas

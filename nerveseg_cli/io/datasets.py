@@ -101,6 +101,7 @@ class Sample:
     subject: str
     has_mask: bool | None = None  # whether the mask is non-empty; None when not yet known
     origin: str = ""  # "MANIFEST, line N" for a manifest row, to name it in errors
+    frame: int | None = None  # a video's frame (0-based): ``image`` is then the video file
 
 
 @contextmanager
@@ -118,6 +119,10 @@ def load_image(sample: Sample) -> np.ndarray:
     """A sample's image as 2-D uint8 (errors name its manifest row)."""
     if sample.image is None:
         raise NervesegError(f"{sample.origin or sample.id}: {sample.id} has no image")
+    if sample.frame is not None:
+        from nerveseg_cli.io.video import read_frame
+
+        return read_frame(sample.image, sample.frame)
     with naming(sample):
         return read_image(sample.image)
 
@@ -194,14 +199,20 @@ def is_manifest(path: Path) -> bool:
     return path.suffix.lower() == ".csv" and read_csv_header(path)[:2] == ["id", "image"]
 
 
-def discover_images(path: str | Path, subject_regex: str | None = None) -> list[Sample]:
-    """List an image set in any of the three forms of docs/formats.md, sorted by numeric id.
+def discover_images(path: str | Path, subject_regex: str | None = None,
+                    videos: bool = False) -> list[Sample]:
+    """List an image set in any of the forms of docs/formats.md, sorted by numeric id.
 
     1. a Kaggle folder: images with ``ID_mask.ext`` masks beside them (or none, for test);
     2. a generic folder with ``images/`` and optional ``masks/``, matched by stem;
-    3. a manifest CSV.
+    3. a manifest CSV;
+    4. with ``videos`` (the commands that read frames: predict), a video file.
     """
     path = Path(path)
+    from nerveseg_cli.io.video import is_video
+
+    if is_video(path):
+        return _video_samples(path, videos)
     if path.is_file():
         if not is_manifest(path):
             raise NervesegError(f"{path}: not a manifest CSV (header must start with id,image)")
@@ -224,6 +235,17 @@ def discover_images(path: str | Path, subject_regex: str | None = None) -> list[
         raise NervesegError(f"{path}: no images found ({', '.join(IMAGE_SUFFIXES)})")
     return [Sample(i, images[i], masks.get(i), subject_of(i, subject_regex))
             for i in sort_ids(images)]
+
+
+def _video_samples(path: Path, allowed: bool) -> list[Sample]:
+    """A video's frames as samples (ids frame_000001 ...; the subject: the video's name)."""
+    from nerveseg_cli.io.video import frame_id, probe_video
+
+    if not allowed:
+        raise NervesegError(f"{path}: a video; only predict reads videos (frame by frame), "
+                            "this command needs image files")
+    info = probe_video(path)
+    return [Sample(frame_id(i), path, None, path.stem, frame=i) for i in range(info.frames)]
 
 
 def discover_maps(path: str | Path) -> dict[str, Path]:

@@ -4,7 +4,8 @@ joined (``Image_Label,EncodedPixels``) Kaggle form, and back.
 
 Each class is encoded on its own, exactly as a binary folder would be (its threshold and min
 area, its own RLE), so classes may overlap as the competitions' masks may; a label map cannot
-hold overlapping classes, so decoding to label maps lets the higher class index win.
+hold overlapping classes, so decoding to label maps gives an overlap to the lower class index
+(as :func:`~nerveseg_cli.postprocess.label_map` does on a tie).
 """
 
 from __future__ import annotations
@@ -165,8 +166,9 @@ def decode_classes(table: RleTable, out: str | Path, *, classes: Classes | None 
                      for k in range(1, classes.count)]
             if label_maps:
                 labels = np.zeros((height, width), np.uint8)
-                for k, mask in enumerate(masks, start=1):
-                    labels[mask] = k  # overlapping classes: the higher index wins
+                # overlapping classes: the lower index wins, as everywhere a label map is made
+                for k in range(len(masks), 0, -1):
+                    labels[masks[k - 1]] = k
                 write_label_map(folder / f"{sample_id}.png", labels)
             else:
                 for name, mask in zip(classes.foreground, masks, strict=True):

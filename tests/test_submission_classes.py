@@ -144,13 +144,14 @@ def test_a_multiclass_csv_re_encodes_in_the_other_form(
     assert again.read_text() == long_csv.read_text()
 
 
-def test_overlapping_classes_decode_to_label_maps_highest_index_first(tmp_path: Path) -> None:
+def test_overlapping_classes_decode_to_label_maps_lowest_index_first(tmp_path: Path) -> None:
     csv_path = tmp_path / "sub.csv"
     csv_path.write_text("ImageId,ClassId,EncodedPixels\n7,1,1 4\n7,2,3 4\n")
     decode_csv_to_folder(csv_path, tmp_path / "maps", classes=CLASSES, size=(2, 3),
                          label_maps=True)
+    # the overlap (pixels 3 and 4) goes to class 1, as in score's label maps
     np.testing.assert_array_equal(read_palette(tmp_path / "maps" / "7.png"),
-                                  [[1, 2], [1, 2], [2, 2]])
+                                  [[1, 1], [1, 2], [1, 2]])
     decode_csv_to_folder(csv_path, tmp_path / "folders", classes=CLASSES, size=(2, 3))
     np.testing.assert_array_equal(read_mask(tmp_path / "folders" / "nerve" / "7.png"),
                                   [[1, 1], [1, 0], [1, 0]])  # each class keeps its own mask

@@ -114,7 +114,7 @@ def score_command(
     targets.check([pred, gt, postprocess, presence_from], overwrite)
     if multiclass:
         _score_classes(pred, gt, declared, targets, threshold, min_area, postprocess, dims,
-                       label, presence_threshold, allow_missing, subject_regex,
+                       label, presence_threshold, presence_from, allow_missing, subject_regex,
                        sweep_threshold, sweep_min_area, overwrite, workers, json_output)
         return
     with progress_bar(None, "score") as advance:
@@ -138,11 +138,7 @@ def _print_report(report: ScoreReport, pred: Path, gt: Path, by_subject: bool,
         if by_subject:
             data["subjects"] = report.by_subject().to_dict(orient="records")
         if report.sweep is not None:
-            t, a, d = report.sweep.best
-            data["sweep"] = {"best": {"threshold": t, "min_area": a, "dice": d},
-                             "thresholds": report.sweep.thresholds.tolist(),
-                             "min_areas": report.sweep.min_areas.tolist(),
-                             "dice": report.sweep.mean_dice.tolist()}
+            data["sweep"] = _sweep_json(report.sweep)
         print_json(data)
         return
     stdout.print(key_value_table(f"score: {pred} vs {gt}",
@@ -153,8 +149,15 @@ def _print_report(report: ScoreReport, pred: Path, gt: Path, by_subject: bool,
         stdout.print(_sweep_table(report.sweep))
 
 
-def _subject_table(report: ScoreReport) -> Table:
-    table = Table(title="by subject", title_justify="left")
+def _sweep_json(sweep: Sweep) -> dict:
+    t, a, d = sweep.best
+    return {"best": {"threshold": t, "min_area": a, "dice": d},
+            "thresholds": sweep.thresholds.tolist(), "min_areas": sweep.min_areas.tolist(),
+            "dice": sweep.mean_dice.tolist()}
+
+
+def _subject_table(report: ScoreReport, title: str = "by subject") -> Table:
+    table = Table(title=title, title_justify="left")
     for column in ("subject", "images", "dice", "positives", "predicted"):
         table.add_column(column, justify="left" if column == "subject" else "right")
     for row in report.by_subject().itertuples(index=False):
@@ -163,9 +166,9 @@ def _subject_table(report: ScoreReport) -> Table:
     return table
 
 
-def _sweep_table(sweep: Sweep) -> Table:
+def _sweep_table(sweep: Sweep, prefix: str = "") -> Table:
     best_t, best_a, best_d = sweep.best
-    table = Table(title=f"mean Dice by min area (rows) and threshold (columns); best "
+    table = Table(title=f"{prefix}mean Dice by min area (rows) and threshold (columns); best "
                         f"{best_d:.4f} at threshold {best_t:g}, min area {best_a}",
                   title_justify="left")
     table.add_column("min area", justify="right")
@@ -183,7 +186,8 @@ def _sweep_table(sweep: Sweep) -> Table:
 def _score_classes(pred: Path, gt: Path, declared: Classes | None, targets: ScoreOutputs,
                    threshold: float | None, min_area: int | None, postprocess: Path | None,
                    dims: tuple[int, int], label: int | None,
-                   presence_threshold: float | None, allow_missing: bool,
+                   presence_threshold: float | None, presence_from: Path | None,
+                   allow_missing: bool,
                    subject_regex: str | None, sweep_threshold: str | None,
                    sweep_min_area: str | None, overwrite: bool, workers: int,
                    json_output: bool) -> None:
@@ -194,9 +198,9 @@ def _score_classes(pred: Path, gt: Path, declared: Classes | None, targets: Scor
     if label is not None:
         raise NervesegError("--label takes one class of a label map; with several classes "
                             "every class is scored (drop --label)")
-    if presence_threshold is not None:
-        raise NervesegError("--presence-threshold gates one class; with several, predict "
-                            "gates each class by its own presence")
+    if presence_threshold is not None or presence_from is not None:
+        raise NervesegError("presence gating (--presence-threshold, --presence-from) takes one "
+                            "class; with several, predict gates each class by its own presence")
     with progress_bar(None, "score") as advance:
         report = score_classes(pred, gt, classes=declared, threshold=threshold,
                                min_area=min_area, postprocess=postprocess, size=dims,
@@ -206,12 +210,29 @@ def _score_classes(pred: Path, gt: Path, declared: Classes | None, targets: Scor
                                progress=advance)
     written = write_class_score_outputs(report, targets, overwrite=overwrite, workers=workers)
     if json_output:
-        print_json({"summary": report.summary})
+        print_json(_class_json(report, targets.by_subject))
         return
     stdout.print(_class_table(report))
     stdout.print(_confusion_table(report))
+    for name, class_report in report.reports.items():
+        if targets.by_subject:
+            stdout.print(_subject_table(class_report, f"by subject: {name}"))
+        if class_report.sweep is not None:
+            stdout.print(_sweep_table(class_report.sweep, f"{name}: "))
     if written:
-        stderr.print(f"wrote {len(written)} files (first: {written[0]})")
+        stderr.print(f"wrote {len(written)} files (first: {written[0]})", markup=False)
+
+
+def _class_json(report: ClassScoreReport, by_subject: bool) -> dict:
+    """--json with several classes: the summary, and per class what binary --json holds."""
+    data: dict = {"summary": report.summary}
+    if by_subject:
+        data["subjects"] = report.by_subject().to_dict(orient="records")
+    sweeps = {name: _sweep_json(r.sweep) for name, r in report.reports.items()
+              if r.sweep is not None}
+    if sweeps:
+        data["sweep"] = sweeps
+    return data
 
 
 def _class_table(report: ClassScoreReport) -> Table:

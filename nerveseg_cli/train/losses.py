@@ -149,6 +149,9 @@ def make_loss(spec: str, weights: Sequence[float] | None = None, *, focal_alpha:
     table = _table(mode, focal_alpha, focal_gamma, tversky_alpha, tversky_beta)
     names = [n.strip() for n in spec.split("+") if n.strip()]
     unknown = [n for n in names if n not in table]
+    if "ce" in unknown and mode != "softmax":
+        raise NervesegError(f"--loss {spec!r}: ce is the softmax cross-entropy of three classes "
+                            "or more (--classes, without --multilabel); here use bce")
     if not names or unknown:
         raise NervesegError(f"--loss {spec!r}: unknown loss {', '.join(unknown) or '(none)'}"
                             f"{' for a softmax over several classes' if mode == 'softmax' else ''}"

@@ -1,18 +1,23 @@
 """Input geometry: how an image becomes a network input, and how the output maps back exactly.
 
 Shared by ``train`` (which chooses it and stores it in config.json) and ``predict``, with the
-normalisation that follows it.
+normalisation that follows it. torch is imported only by the torch engine's functions
+(:meth:`Geometry.backward`, :func:`normalise_input`): the ONNX Runtime engine uses the numpy
+twins (:meth:`Geometry.backward_array`, :func:`normalise_array`) and never loads torch.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import torch
 
 from nerveseg_cli.errors import NervesegError
+
+if TYPE_CHECKING:
+    import torch
 
 GEOMETRY_MODES = ("resize", "pad")
 MAX_SIDE = 32768
@@ -71,6 +76,8 @@ class Geometry:
 
     def backward(self, probs: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Map (N, 1, H', W') network-size probabilities back to an original height x width."""
+        import torch
+
         if self.mode == "resize":
             if probs.shape[-2:] == (height, width):
                 return probs
@@ -78,12 +85,35 @@ class Geometry:
                                                    align_corners=False)
         return probs[..., :height, :width]
 
+    def backward_array(self, probs: np.ndarray, height: int, width: int) -> np.ndarray:
+        """:meth:`backward` on a (C, H', W') float32 array: bilinear resampling (OpenCV's,
+        which matches torch's ``align_corners=False`` to ~1e-5) or the crop."""
+        if self.mode == "resize":
+            if probs.shape[-2:] == (height, width):
+                return probs
+            return np.stack([cv2.resize(plane, (width, height), interpolation=cv2.INTER_LINEAR)
+                             for plane in probs])
+        return probs[..., :height, :width]
+
 
 def normalise_input(images: torch.Tensor, mean: float, std: float, in_channels: int,
                     channels_last: bool = False) -> torch.Tensor:
     """A network input from (N, 1, H, W) images on the [0, 1] scale: standardised with the
     run's mean and std, the gray channel repeated for ``in_channels`` > 1."""
+    import torch
+
     x = (images - mean) / std
     if in_channels > 1:
         x = x.expand(-1, in_channels, -1, -1)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def normalise_array(images: np.ndarray, mean: float, std: float, in_channels: int
+                    ) -> np.ndarray:
+    """:func:`normalise_input` for (N, H, W) uint8 images in numpy: (N, C, H, W) float32,
+    ``(value / 255 - mean) / std``, computed in float32 as the torch engine does."""
+    x = images.astype(np.float32)[:, None] / np.float32(255)
+    x = (x - np.float32(mean)) / np.float32(std)
+    if in_channels > 1:
+        x = np.repeat(x, in_channels, axis=1)
+    return np.ascontiguousarray(x)

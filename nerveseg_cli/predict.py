@@ -6,8 +6,10 @@ to the original size, merged across variants and runs (mean or ASME), and writte
 by background threads, so the device does not wait on disk.
 
 The settings are a :class:`PredictOptions` (as given; None means "the first run's recipe,
-else the default", resolved once by :func:`resolve_inference`); a :class:`Predictor` holds the
-loaded runs and predicts batches; :func:`predict` plans the images and writes the folder.
+else the default", resolved once by :func:`resolve_inference`); a :class:`Predictor` holds one
+inference engine per run (:mod:`nerveseg_cli.engines`: torch, or ONNX Runtime on exported
+models) and predicts batches; :func:`predict` plans the images and writes the folder. This
+module does not import torch: the torch engine does, when it loads a run.
 """
 
 from __future__ import annotations
@@ -21,19 +23,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from nerveseg_cli.asme import DEFAULT_BASE
 from nerveseg_cli.classes import Classes, write_classes
-from nerveseg_cli.device import autocast_for, resolve_amp, resolve_device
+from nerveseg_cli.engines import Engine, check_engine, load_engines, read_model_info
 from nerveseg_cli.errors import NervesegError, warn
-from nerveseg_cli.geometry import normalise_input
+from nerveseg_cli.export import is_exported, sidecar_path
 from nerveseg_cli.io.datasets import Sample, discover_with_columns, parse_folds
 from nerveseg_cli.io.images import read_image
 from nerveseg_cli.io.outputs import Outputs, write_label_map, write_mask
 from nerveseg_cli.io.parallel import prefetch
 from nerveseg_cli.merging import merge_stack
-from nerveseg_cli.models import SegmentationNet
 from nerveseg_cli.postprocess import (
     PostProcess,
     label_map,
@@ -49,7 +49,6 @@ from nerveseg_cli.probmaps import (
     write_presence,
     write_probability,
 )
-from nerveseg_cli.runs import RunConfig, load_run, read_config
 
 # What predict does when neither the command line nor the first run's recipe (config.json
 # "inference", written by `train --recipe`) says otherwise.
@@ -67,9 +66,12 @@ TTA_VARIANTS = {
 }
 
 
-def flip(x: torch.Tensor, variant: tuple[bool, bool]) -> torch.Tensor:
+def flip(x: Any, variant: tuple[bool, bool]) -> Any:
+    """A tensor or array flipped over height and/or width (a TTA variant)."""
     dims = [d for d, on in zip((-2, -1), variant, strict=True) if on]
-    return x.flip(dims) if dims else x
+    if not dims:
+        return x
+    return np.flip(x, dims) if isinstance(x, np.ndarray) else x.flip(dims)
 
 
 def parse_part(text: str | None) -> tuple[int, int]:
@@ -94,6 +96,8 @@ class PredictOptions:
     CRF (the recipe's parameters, or the CRF's defaults). ``postprocess`` gives threshold and
     min-area not given here. ``out_of_fold``: the image set is a split manifest and each image
     is predicted only by the run that validated on its fold (:func:`out_of_fold_groups`).
+    ``engine``: ``torch``, or ``onnxruntime`` (runs may then be exported ``.onnx`` models; a
+    run folder is exported on the fly); ``amp`` and ``channels_last`` are torch's.
     """
 
     tta: str | None = None
@@ -114,6 +118,7 @@ class PredictOptions:
     amp: str = "auto"
     channels_last: bool = False
     workers: int = 4
+    engine: str = "torch"
 
 
 @dataclass(frozen=True)
@@ -206,13 +211,6 @@ def _default_crf() -> dict[str, Any]:
 
 
 @dataclass
-class LoadedRun:
-    path: Path
-    config: RunConfig
-    model: SegmentationNet
-
-
-@dataclass
 class PredictResult:
     written: int
     skipped: int
@@ -224,39 +222,20 @@ class PredictResult:
         return self.written / self.seconds if self.seconds else float("nan")
 
 
-def load_runs(runs: Sequence[str | Path], device: torch.device,
-              channels_last: bool) -> list[LoadedRun]:
-    if not runs:
-        raise NervesegError("predict needs at least one run folder")
-    loaded = []
-    for run in runs:
-        config, model = load_run(run)
-        model.to(device)
-        if channels_last:
-            model.to(memory_format=torch.channels_last)
-        loaded.append(LoadedRun(Path(run), config, model))
-    channels = {r.config.model.in_channels for r in loaded}
-    if len(channels) > 1:
-        raise NervesegError("the runs disagree on input channels ("
-                            + ", ".join(f"{r.path}: {r.config.model.in_channels}"
-                                        for r in loaded) + ")")
-    return loaded
-
-
-def _common_classes(runs: Sequence[LoadedRun]) -> Classes | None:
+def _common_classes(runs: Sequence[Engine]) -> Classes | None:
     """The runs' classes, which must be the same (None: binary runs)."""
-    first = runs[0]
+    first = runs[0].info
     for run in runs[1:]:
-        if (run.config.classes is None) != (first.config.classes is None) or \
-                run.config.model.multilabel != first.config.model.multilabel:
+        if (run.info.classes is None) != (first.classes is None) or \
+                run.info.multilabel != first.multilabel:
             raise NervesegError(f"{run.path} and {first.path} are not the same kind of task "
                                 "(binary, softmax or multilabel classes)")
-        if run.config.classes is not None:
-            run.config.classes.check_same(first.config.classes, str(run.path), str(first.path))
-    return first.config.classes
+        if run.info.classes is not None:
+            run.info.classes.check_same(first.classes, str(run.path), str(first.path))
+    return first.classes
 
 
-def out_of_fold_groups(runs: Sequence[LoadedRun], images: str | Path,
+def out_of_fold_groups(runs: Sequence[Engine], images: str | Path,
                        samples: Sequence[Sample], folds: Sequence[str]
                        ) -> tuple[list[tuple[list[int], list[Sample]]], dict[str, str]]:
     """For ``--out-of-fold``: which runs predict which images of a split manifest.
@@ -281,11 +260,11 @@ def out_of_fold_groups(runs: Sequence[LoadedRun], images: str | Path,
     return [(list(key), members) for key, members in groups.items()], mapping
 
 
-def _runs_by_fold(runs: Sequence[LoadedRun], images: str | Path) -> dict[int, int]:
+def _runs_by_fold(runs: Sequence[Engine], images: str | Path) -> dict[int, int]:
     """Fold K -> index of the run that validated on it (one run per fold)."""
     by_fold: dict[int, int] = {}
     for index, run in enumerate(runs):
-        fold = str(run.config.training.get("fold", ""))
+        fold = str(run.info.training.get("fold", ""))
         try:
             k = int(fold)
         except ValueError:
@@ -296,7 +275,7 @@ def _runs_by_fold(runs: Sequence[LoadedRun], images: str | Path) -> dict[int, in
             raise NervesegError(f"{run.path} and {runs[by_fold[k]].path} both validated on "
                                 f"fold {k}; --out-of-fold needs one run per fold")
         by_fold[k] = index
-        trained_on = run.config.training.get("manifest")
+        trained_on = run.info.training.get("manifest")
         if trained_on and Path(trained_on).resolve() != Path(images).resolve():
             warn(f"{run.path} was trained on {trained_on}, not {images}: its predictions are "
                  "out-of-fold only if both files hold the same folds")
@@ -308,14 +287,15 @@ def _runs_by_fold(runs: Sequence[LoadedRun], images: str | Path) -> dict[int, in
 
 
 class Predictor:
-    """Loaded runs and resolved settings: turns batches of decoded images into one merged
-    probability map (and presence) per image."""
+    """Loaded runs (one inference engine each) and resolved settings: turns batches of decoded
+    images into one merged probability map (and presence) per image."""
 
     def __init__(self, runs: Sequence[str | Path], options: PredictOptions) -> None:
         if not runs:
             raise NervesegError("predict needs at least one run folder")
         self.options = options
-        first = read_config(runs[0])
+        check_engine(options.engine)
+        first = read_model_info(runs[0])
         # several classes: a postprocess.json may give each class its own threshold and min
         # area (score --sweep-* writes that form); the label-map --masks apply them per class
         several = first.classes is not None and not first.classes.binary
@@ -332,9 +312,8 @@ class Predictor:
             raise NervesegError("--batch-size must be at least 1")
         self.external_presence = read_presence(options.presence_from) \
             if options.presence_from else None
-        self.device = resolve_device(options.device)
-        self.autocast = autocast_for(self.device, resolve_amp(options.amp, self.device))
-        self.runs = load_runs(runs, self.device, options.channels_last)
+        self.runs = load_engines(runs, options.engine, options.device, options.amp,
+                                 options.channels_last)
         self.classes = _common_classes(self.runs)
         if self.classes is not None and self.external_presence is not None:
             raise NervesegError("--presence-from takes one presence per image; the runs have "
@@ -344,7 +323,7 @@ class Predictor:
     def _check_presence_source(self) -> None:
         """Presence gating needs a presence: a run's head, or --presence-from."""
         if self.settings.presence_threshold is None or self.external_presence is not None or \
-                any(run.model.has_presence for run in self.runs):
+                any(run.info.has_presence for run in self.runs):
             return
         if self.options.presence_threshold is not None:
             raise NervesegError("--presence-threshold needs a presence probability, but no run "
@@ -353,37 +332,12 @@ class Predictor:
         warn(f"{self.runs[0].path}: its recipe gates by presence, but no run has a presence "
              "head: maps are not gated")
 
-    @torch.no_grad()
-    def run_batch(self, run: LoadedRun, images: Sequence[np.ndarray]
+    def run_batch(self, run: Engine, images: Sequence[np.ndarray]
                   ) -> tuple[list[np.ndarray], np.ndarray | None]:
         """One run on a batch of images: per image a (V, H, W) float32 stack at the original
-        size (V = TTA variants), and presence probabilities (N, V) or None."""
-        config = run.config
-        geometry = config.geometry
-        batch = np.stack([geometry.forward(image) for image in images])
-        x = torch.from_numpy(batch).to(self.device, non_blocking=True).unsqueeze(1).float()
-        x = normalise_input(x / 255, config.mean, config.std, config.model.in_channels,
-                            self.options.channels_last)
-        probs, presences = [], []
-        for variant in TTA_VARIANTS[self.settings.tta]:
-            with self.autocast():
-                logits, presence = run.model(flip(x, variant))
-            probs.append(flip(self._probabilities(logits.float()), variant))
-            if presence is not None:
-                presences.append(torch.sigmoid(presence.float()))
-        stacked = torch.cat(probs, dim=1)  # (N, V * K, H', W'): classes within variants
-        stacks = [geometry.backward(stacked[i:i + 1], *image.shape)[0].cpu().numpy()
-                  for i, image in enumerate(images)]
-        if self.classes is not None:  # (V, K, H, W)
-            stacks = [s.reshape(len(probs), -1, *s.shape[1:]) for s in stacks]
-        presence_array = torch.stack(presences, 1).cpu().numpy() if presences else None
-        return stacks, presence_array
-
-    def _probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        """(N, K, H, W) probability of each foreground class (K = 1: the binary map)."""
-        if self.classes is not None and not self.runs[0].config.model.multilabel:
-            return torch.softmax(logits, dim=1)[:, 1:]
-        return torch.sigmoid(logits)
+        size (V = TTA variants; (V, K, H, W) with several classes), and presence
+        probabilities (N, V) or None."""
+        return run.run_batch(images, TTA_VARIANTS[self.settings.tta])
 
     def predict_batch(self, members: Sequence[int], samples: Sequence[Sample],
                       images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, float | None]]:
@@ -452,12 +406,13 @@ def predict(runs: Sequence[str | Path], images: str | Path, out: str | Path,
     samples = [s for _, group in groups for s in group]
     roles, record = _provenance(predictor, runs, images, (k, n), fold_runs)
     if resume and not overwrite:
-        check_resume(out, "predict", roles, record, ignore=("part", "from_recipe"))
+        check_resume(out, "predict", roles, record, ignore=("part", "from_recipe", "engine"))
     done = _done_ids(Path(out), predictor.classes) if resume else set()
     groups = [(members, [s for s in group if s.id not in done]) for members, group in groups]
     todo = [s for _, group in groups for s in group]
     _check_external_presence(predictor, todo)
-    inputs = [*runs, images, options.presence_from, options.postprocess,
+    inputs = [*runs, *(sidecar_path(r) for r in runs if is_exported(r)), images,
+              options.presence_from, options.postprocess,
               *{s.image.parent for s in samples if s.image is not None}]
     with Outputs(inputs) as outputs:
         out = outputs.resumable_folder(out, overwrite=overwrite, resume=resume,
@@ -580,7 +535,7 @@ def _provenance(predictor: Predictor, runs: Sequence[str | Path], images: str | 
         "min_area": settings.post.min_area, "presence_threshold": settings.presence_threshold,
         "presence_from": str(options.presence_from) if options.presence_from else None,
         "crf": settings.crf, "part": f"{part[0]}/{part[1]}", "out_of_fold": fold_runs,
-        "from_recipe": recipe,
+        "from_recipe": recipe, "engine": options.engine,
         # several classes with a postprocess.json: each class's threshold and min area
         **({"postprocess": {name: {"threshold": post.threshold, "min_area": post.min_area}
                             for name, post in predictor.class_posts.items()}}

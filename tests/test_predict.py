@@ -45,13 +45,15 @@ def test_tta_of_a_flip_equivariant_model_changes_nothing(trained: dict[str, Path
                                                           tmp_path: Path) -> None:
     """With every TTA variant inverted exactly, a model that is itself flip-equivariant gives
     the same map with and without TTA; checked on a per-pixel model (1x1 behaviour)."""
+    from nerveseg_cli.engines import ModelInfo, TorchEngine
     from nerveseg_cli.models import SegmentationNet
-    from nerveseg_cli.predict import LoadedRun, PredictOptions, Predictor
+    from nerveseg_cli.predict import PredictOptions, Predictor
     from nerveseg_cli.runs import read_config
 
     config = read_config(trained["pad"])
     net = SegmentationNet(torch.nn.Conv2d(1, 1, 1), 32, False)
-    run = LoadedRun(trained["pad"], config, net)
+    run = TorchEngine(ModelInfo.from_run(trained["pad"], config, False), net,
+                      torch.device("cpu"))
     predictor = Predictor([trained["pad"]], PredictOptions(tta="flips", device="cpu"))
     image = np.random.default_rng(0).integers(0, 255, (44, 60), dtype=np.uint8)
     stacks, _ = predictor.run_batch(run, [image])

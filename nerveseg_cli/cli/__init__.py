@@ -15,6 +15,8 @@ from nerveseg_cli.cli import (  # noqa: F401  (register the commands, in pipelin
     train,
     recipes,
     predict,
+    export,
+    bench,
     ensemble,
     crf,
     score,

@@ -32,7 +32,9 @@ from nerveseg_cli.cli._common import (
 @command("predict", PANEL_INFERENCE)
 def predict_command(
     paths: Annotated[list[Path], typer.Argument(
-        metavar="RUN [RUN ...] IMAGES", help="One or more run folders, then the image set.")],
+        metavar="RUN [RUN ...] IMAGES",
+        help="One or more run folders (or exported NAME.onnx models, with --engine "
+        "onnxruntime), then the image set.")],
     out: Annotated[Path, out_option(help="Probability folder to write.")],
     tta: Annotated[str | None, typer.Option(
         help="none, hflip, or flips (identity, h, v, both). \\[default: the first run's "
@@ -58,10 +60,13 @@ def predict_command(
     min_area: MinArea = None,
     postprocess: PostprocessFile = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per device batch.")] = 8,
+    engine: Annotated[str, typer.Option(
+        help="torch, or onnxruntime: exported models, or run folders exported on the fly.")
+    ] = "torch",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    amp: Annotated[str, typer.Option(help="auto, bf16, fp16 or off.")] = "auto",
-    channels_last: Annotated[bool, typer.Option("--channels-last",
-                                                help="channels-last memory format.")] = False,
+    amp: Annotated[str, typer.Option(help="auto, bf16, fp16 or off (torch).")] = "auto",
+    channels_last: Annotated[bool, typer.Option(
+        "--channels-last", help="channels-last memory format (torch).")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Skip ids already written.")
                       ] = False,
     part: Annotated[str | None, typer.Option(
@@ -90,7 +95,7 @@ def predict_command(
                              postprocess=postprocess, presence_from=presence_from, masks=masks,
                              part=part, out_of_fold=out_of_fold, batch_size=batch_size,
                              device=device, amp=amp, channels_last=channels_last,
-                             workers=workers)
+                             workers=workers, engine=engine)
     with progress_bar(None, "predict") as advance:
         result = predict(runs, images, out, options, resume=resume, overwrite=overwrite,
                          progress=advance)

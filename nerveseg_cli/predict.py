@@ -14,9 +14,10 @@ module does not import torch: the torch engine does, when it loads a run.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,10 +30,10 @@ from nerveseg_cli.classes import Classes, write_classes
 from nerveseg_cli.engines import Engine, check_engine, load_engines, read_model_info
 from nerveseg_cli.errors import NervesegError, warn
 from nerveseg_cli.export import is_exported, sidecar_path
-from nerveseg_cli.io.datasets import Sample, discover_with_columns, parse_folds
-from nerveseg_cli.io.images import read_image
+from nerveseg_cli.io.datasets import Sample, discover_with_columns, load_image, parse_folds
 from nerveseg_cli.io.outputs import Outputs, write_label_map, write_mask
 from nerveseg_cli.io.parallel import prefetch
+from nerveseg_cli.io.video import close_videos
 from nerveseg_cli.merging import merge_stack
 from nerveseg_cli.postprocess import (
     PostProcess,
@@ -98,6 +99,8 @@ class PredictOptions:
     is predicted only by the run that validated on its fold (:func:`out_of_fold_groups`).
     ``engine``: ``torch``, or ``onnxruntime`` (runs may then be exported ``.onnx`` models; a
     run folder is exported on the fly); ``amp`` and ``channels_last`` are torch's.
+    ``overlay_video``: the image set is a video; write its frames with the predicted outlines
+    there, at its frame rate (:class:`_OverlayWriter`).
     """
 
     tta: str | None = None
@@ -119,6 +122,7 @@ class PredictOptions:
     channels_last: bool = False
     workers: int = 4
     engine: str = "torch"
+    overlay_video: str | Path | None = None
 
 
 @dataclass(frozen=True)
@@ -401,6 +405,7 @@ def predict(runs: Sequence[str | Path], images: str | Path, out: str | Path,
     ``resume`` skips ids already written in ``out`` (writes are atomic, so a file there is
     complete) and refuses other options than the folder was written with."""
     k, n = parse_part(options.part)
+    _check_overlay_video(options, images, resume, (k, n))
     predictor = Predictor(runs, options)
     groups, fold_runs = _plan(predictor, images, k, n)
     samples = [s for _, group in groups for s in group]
@@ -411,10 +416,12 @@ def predict(runs: Sequence[str | Path], images: str | Path, out: str | Path,
     groups = [(members, [s for s in group if s.id not in done]) for members, group in groups]
     todo = [s for _, group in groups for s in group]
     _check_external_presence(predictor, todo)
+    # an image's folder is an input; a video's frames come from the file alone
     inputs = [*runs, *(sidecar_path(r) for r in runs if is_exported(r)), images,
               options.presence_from, options.postprocess,
-              *{s.image.parent for s in samples if s.image is not None}]
-    with Outputs(inputs) as outputs:
+              *{s.image.parent for s in samples if s.image is not None and s.frame is None}]
+    with Outputs(inputs) as outputs, contextlib.ExitStack() as cleanup:
+        cleanup.callback(close_videos)
         out = outputs.resumable_folder(out, overwrite=overwrite, resume=resume,
                                        resumable=_has_maps(Path(out)))
         masks_dir = outputs.resumable_folder(options.masks, overwrite=overwrite,
@@ -425,10 +432,13 @@ def predict(runs: Sequence[str | Path], images: str | Path, out: str | Path,
         presence = {name: read_presence(folder / PRESENCE_CSV)
                     if resume and (folder / PRESENCE_CSV).is_file() else {}
                     for name, folder in folders.items()}
+        writer = _MapWriter(folders, masks_dir, predictor)
+        if options.overlay_video is not None:
+            writer.overlay = cleanup.enter_context(_OverlayWriter.open(
+                outputs.file(options.overlay_video, overwrite=overwrite), Path(images)))
         write_prediction_json(out, "predict", roles, record)
         started = time.perf_counter()
-        _predict_groups(predictor, groups, _MapWriter(folders, masks_dir, predictor), presence,
-                        progress)
+        _predict_groups(predictor, groups, writer, presence, progress)
         for name, folder in folders.items():
             if presence[name]:
                 write_presence(folder / PRESENCE_CSV, presence[name])
@@ -497,7 +507,7 @@ def _plan(predictor: Predictor, images: str | Path, k: int, n: int
           ) -> tuple[list[tuple[list[int], list[Sample]]], dict[str, str] | None]:
     """(run indices, samples) groups to predict, in set order: every run on every image, or
     one run per fold with --out-of-fold; then the K-th of N deterministic shares."""
-    samples, columns = discover_with_columns(images)
+    samples, columns = discover_with_columns(images, videos=True)
     fold_runs: dict[str, str] | None = None
     if predictor.options.out_of_fold:
         if "fold" not in columns:
@@ -543,8 +553,34 @@ def _provenance(predictor: Predictor, runs: Sequence[str | Path], images: str | 
 
 
 def _decode(batch: Sequence[Sample], pool: ThreadPoolExecutor) -> tuple[list, list]:
-    """A batch and its decoded images, decoded in parallel in ``pool``."""
-    return list(batch), list(pool.map(read_image, [s.image for s in batch]))
+    """A batch and its decoded images, decoded in parallel in ``pool``; a video's frames in
+    order, by its one decoder (out of order, each frame would cost a seek)."""
+    if any(s.frame is not None for s in batch):
+        return list(batch), [load_image(s) for s in batch]
+    return list(batch), list(pool.map(load_image, batch))
+
+
+def _check_overlay_video(options: PredictOptions, images: str | Path, resume: bool,
+                         part: tuple[int, int]) -> None:
+    """--overlay-video needs a whole video, predicted in one go (its frames are written in
+    order, once)."""
+    if options.overlay_video is None:
+        return
+    from nerveseg_cli.io.video import FOURCC, is_video
+
+    video = Path(options.overlay_video)
+    if not is_video(images):
+        raise NervesegError(f"--overlay-video {video}: the image set {images} is not a video "
+                            "file (mp4, avi, ...); overlay videos are made from videos")
+    if video.suffix.lower() not in FOURCC:
+        raise NervesegError(f"--overlay-video {video}: name it .mp4 or .avi (also "
+                            f"{', '.join(s for s in sorted(FOURCC) if s not in ('.mp4', '.avi'))})")
+    if resume:
+        raise NervesegError("--overlay-video writes every frame in one pass; it cannot "
+                            "--resume (predict again without --resume)")
+    if part != (1, 1):
+        raise NervesegError(f"--overlay-video needs the whole video; --part {part[0]}/{part[1]} "
+                            "predicts a share of its frames")
 
 
 class _MapWriter:
@@ -559,36 +595,70 @@ class _MapWriter:
             if predictor.class_posts else None
         self.keep = 4 * max(1, predictor.options.workers)
         self.pool: ThreadPoolExecutor | None = None
-        self.pending: list[Future] = []
+        self.pending: list[tuple[Future, np.ndarray | None]] = []
+        self.overlay: _OverlayWriter | None = None
 
     def submit(self, sample_id: str, prob: np.ndarray, image: np.ndarray) -> None:
         assert self.pool is not None
-        self.pending.append(self.pool.submit(self._write, sample_id, prob,
-                                             image if self.crf_params else None))
+        self.pending.append((self.pool.submit(self._write, sample_id, prob,
+                                              image if self.crf_params else None),
+                             image if self.overlay is not None else None))
         self._drain(self.keep)
 
     def finish(self) -> None:
         self._drain(0)
 
     def _drain(self, keep: int) -> None:
+        """Wait for the oldest writes; the overlay video takes their labels in frame order."""
         while len(self.pending) > keep:
-            self.pending.pop(0).result()
+            future, image = self.pending.pop(0)
+            labels = future.result()
+            if self.overlay is not None and image is not None:
+                self.overlay.write(image, labels)
 
-    def _write(self, sample_id: str, prob: np.ndarray, image: np.ndarray | None) -> None:
+    def _write(self, sample_id: str, prob: np.ndarray, image: np.ndarray | None
+               ) -> np.ndarray:
+        """Write one image's files; returns its labels (0 background, k class k), which the
+        masks hold and the overlay video outlines."""
         if self.crf_params is not None and image is not None:
             from nerveseg_cli.crf import crf_refine, crf_refine_classes
 
             prob = crf_refine(np.clip(prob, 0.0, 1.0), image, self.crf_params) \
                 if prob.ndim == 2 else crf_refine_classes(prob, image, self.crf_params)
         values = probability_to_values(np.clip(prob, 0.0, 1.0))
+        labels = self.post.apply(values).astype(np.uint8) if values.ndim == 2 else \
+            label_map(values, self.class_posts or [self.post] * values.shape[0])
         # The mask first: a PNG in OUT (in the last class folder) marks the image done.
         if self.masks_dir is not None:
             if values.ndim == 2:
-                write_mask(self.masks_dir / f"{sample_id}.png", self.post.apply(values))
+                write_mask(self.masks_dir / f"{sample_id}.png", labels.astype(bool))
             else:
-                write_label_map(self.masks_dir / f"{sample_id}.png",
-                                label_map(values, self.class_posts
-                                          or [self.post] * values.shape[0]))
+                write_label_map(self.masks_dir / f"{sample_id}.png", labels)
         for class_values, folder in zip(values.reshape(-1, *values.shape[-2:]),
                                         self.folders.values(), strict=True):
             write_probability(folder / f"{sample_id}.png", class_values)
+        return labels
+
+
+class _OverlayWriter:
+    """``--overlay-video``: each frame with its predicted outlines (a colour per class), in
+    frame order, at the input video's frame rate, into the staged output file."""
+
+    def __init__(self, video: Any) -> None:
+        self.video = video
+
+    @classmethod
+    @contextlib.contextmanager
+    def open(cls, staged: Path, source: Path) -> Iterator[_OverlayWriter]:
+        from nerveseg_cli.io.video import OverlayVideo, video_format
+
+        video = OverlayVideo(staged, *video_format(source))
+        try:
+            yield cls(video)
+        finally:
+            video.close()
+
+    def write(self, image: np.ndarray, labels: np.ndarray) -> None:
+        from nerveseg_cli.drawing import outline_frame
+
+        self.video.write(outline_frame(image, labels))

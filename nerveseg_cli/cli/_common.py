@@ -13,8 +13,17 @@ from typing import Annotated, Any, TextIO, TypeVar
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
+from rich.text import Text
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -77,11 +86,25 @@ def install_warning_printer() -> None:
     warnings.simplefilter("always", NervesegWarning)
 
 
+class RateColumn(ProgressColumn):
+    """Items per second, in the bar's unit (``12.5 frames/s``)."""
+
+    def __init__(self, unit: str) -> None:
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:.1f} {self.unit}/s" if speed else f"- {self.unit}/s")
+
+
 @contextmanager
-def progress_bar(total: int | None, description: str) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar on stderr; yields ``advance(n)`` (thread-safe)."""
+def progress_bar(total: int | None, description: str, unit: str | None = None
+                 ) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar on stderr, with a rate column in ``unit`` if given; yields
+    ``advance(n)`` (thread-safe)."""
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeRemainingColumn())
+               *([RateColumn(unit)] if unit else []), TimeRemainingColumn())
     with Progress(*columns, console=stderr, transient=True,
                   disable=not stderr.is_terminal) as progress:
         task = progress.add_task(description, total=total)

@@ -56,6 +56,9 @@ def predict_command(
         show_default=False)] = None,
     masks: Annotated[Path | None, typer.Option(
         help="Also write binary masks here (--threshold, --min-area, --postprocess).")] = None,
+    overlay_video: Annotated[Path | None, typer.Option(
+        metavar="OUT.mp4", help="IMAGES is a video: also write it with the predicted outlines "
+        "(a colour per class), at its frame rate (.mp4 or .avi).")] = None,
     threshold: Threshold = None,
     min_area: MinArea = None,
     postprocess: PostprocessFile = None,
@@ -84,6 +87,7 @@ def predict_command(
     Options not given take the values recorded by the first run's recipe (train --recipe),
     then the defaults shown."""
     from nerveseg_cli.errors import NervesegError
+    from nerveseg_cli.io.video import is_video
     from nerveseg_cli.predict import PredictOptions, predict
 
     if len(paths) < 2:
@@ -95,13 +99,15 @@ def predict_command(
                              postprocess=postprocess, presence_from=presence_from, masks=masks,
                              part=part, out_of_fold=out_of_fold, batch_size=batch_size,
                              device=device, amp=amp, channels_last=channels_last,
-                             workers=workers, engine=engine)
-    with progress_bar(None, "predict") as advance:
+                             workers=workers, engine=engine, overlay_video=overlay_video)
+    unit = "frames" if is_video(images) else "images"
+    with progress_bar(None, "predict", unit) as advance:
         result = predict(runs, images, out, options, resume=resume, overwrite=overwrite,
                          progress=advance)
     summary = {"written": result.written, "skipped (resume)": result.skipped,
-               "images_per_second": round(result.images_per_second, 2),
-               "with_presence": len(result.presence), "out": str(out)}
+               f"{unit}_per_second": round(result.images_per_second, 2),
+               "with_presence": len(result.presence), "out": str(out),
+               **({"overlay_video": str(overlay_video)} if overlay_video else {})}
     if json_output:
         print_json(summary)
     else:

@@ -374,13 +374,13 @@ def parse_folds(samples: Sequence[Sample], texts: Sequence[str]) -> np.ndarray:
     return folds
 
 
-def discover_with_columns(path: str | Path, subject_regex: str | None = None
-                          ) -> tuple[list[Sample], dict[str, list[str]]]:
+def discover_with_columns(path: str | Path, subject_regex: str | None = None,
+                          videos: bool = False) -> tuple[list[Sample], dict[str, list[str]]]:
     """``discover_images``, plus a manifest's optional columns (none for a folder)."""
     path = Path(path)
     if path.is_file() and is_manifest(path):
         return read_manifest_columns(path)
-    return discover_images(path, subject_regex), {}
+    return discover_images(path, subject_regex, videos), {}
 
 
 def check_sample_files(samples: Sequence[Sample], source: str | Path) -> None:

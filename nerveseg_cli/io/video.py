@@ -21,6 +21,7 @@ VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".wmv
 # the codec each overlay container is written with (OpenCV's own encoders, always present)
 FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "mp4v", ".avi": "MJPG"}
 FRAME_PREFIX = "frame_"
+DEFAULT_FPS = 25.0  # when a container records no frame rate
 
 
 def is_video(path: str | Path) -> bool:
@@ -45,6 +46,9 @@ class VideoInfo:
 def _capture(path: Path):  # noqa: ANN202  (a cv2.VideoCapture)
     import cv2
 
+    # FFmpeg's own log lines ("moov atom not found") would print beside nerveseg's one error
+    # line; a level set beforehand is kept (-8 is FFmpeg's AV_LOG_QUIET)
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
         raise NervesegError(f"{path}: not a video OpenCV can read (mp4, avi, mov, mkv ...)")
@@ -68,8 +72,23 @@ def probe_video(path: str | Path) -> VideoInfo:
         fps = capture.get(cv2.CAP_PROP_FPS)
     finally:
         capture.release()
-    return VideoInfo(path, frames, fps if fps and np.isfinite(fps) and fps > 0 else 25.0,
+    return VideoInfo(path, frames, fps if fps and np.isfinite(fps) and fps > 0 else DEFAULT_FPS,
                      first.shape[1], first.shape[0])
+
+
+def video_format(path: str | Path) -> tuple[float, tuple[int, int]]:
+    """A video's frame rate (25 when its container gives none) and frame size (width,
+    height), from its header: what an overlay video of it is written with."""
+    import cv2
+
+    capture = _capture(Path(path))
+    try:
+        fps = capture.get(cv2.CAP_PROP_FPS)
+        size = (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)),
+                int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+    finally:
+        capture.release()
+    return (fps if fps and np.isfinite(fps) and fps > 0 else DEFAULT_FPS), size
 
 
 class VideoFrames:

@@ -1,5 +1,6 @@
 """A process killed outright (kill -9) leaves what ``--resume`` continues from: complete maps
-for predict, the last saved epoch for train; the resumed run ends as a straight one would."""
+for predict, the last saved state for train; the resumed run ends as a straight one would.
+SIGTERM and Ctrl-C stop training after saving, with exit code 143 / 130."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import pytest
 
 from nerveseg_cli.probmaps import read_probability_values
 from tests.conftest import run_cli
@@ -66,11 +69,38 @@ def test_predict_killed_then_resumed_equals_a_straight_run(hostile_base: Path,
 def test_train_killed_then_resumed_runs_the_planned_epochs(hostile_base: Path,
                                                            tmp_path: Path) -> None:
     run = tmp_path / "run"
+    # kill -9 gives no chance to save: only what --save-every saved survives
     process = _start("train", hostile_base / "folds.csv", "--fold", "0", "--epochs", "4",
-                     *TINY, "--out", run)
-    _kill_when(process, lambda: (run / "metrics.csv").is_file()
-               and len((run / "metrics.csv").read_text().splitlines()) >= 2)
+                     *TINY, "--save-every", "1", "--out", run)
+    _kill_when(process, lambda: (run / "state.pt").is_file())
     result = run_cli("train", "--resume", run, "--workers", "1")
     assert result.exit_code == 0, result.stderr
     lines = (run / "metrics.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in lines[1:]] == ["1", "2", "3", "4"]
+
+
+@pytest.mark.parametrize(("number", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_train_stopped_by_a_signal_saves_and_resumes_to_the_planned_epochs(
+        hostile_base: Path, tmp_path: Path, number: int, code: int) -> None:
+    run, epochs = tmp_path / "run", 40
+    process = _start("train", hostile_base / "folds.csv", "--fold", "0", "--epochs",
+                     str(epochs), *TINY, "--out", run)
+    deadline = time.monotonic() + 120
+    while not (run / "metrics.csv").is_file():  # epoch 1 done: the loop is running
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.monotonic() < deadline, "the run never got to its first epoch"
+        time.sleep(0.05)
+    # the default policy (10m) has not saved yet: whatever is saved, the signal saved
+    assert not (run / "state.pt").exists()
+    process.send_signal(number)
+    stderr = process.communicate(timeout=120)[1].decode()
+    assert process.returncode == code, stderr
+    assert "interrupted:" in stderr and signal.Signals(number).name in stderr, stderr
+    assert "Traceback" not in stderr and "--resume" in stderr
+    done = len(pd.read_csv(run / "metrics.csv"))
+    assert (run / "state.pt").is_file() and (run / "last.safetensors").is_file()
+    assert (run / "model.safetensors").is_file()
+    assert 1 <= done < epochs
+    result = run_cli("train", "--resume", run, "--workers", "1")
+    assert result.exit_code == 0, result.stderr
+    assert pd.read_csv(run / "metrics.csv")["epoch"].tolist() == list(range(1, epochs + 1))

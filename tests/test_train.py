@@ -198,3 +198,117 @@ def test_encoder_weights_offline_and_local_files(manifest: Path, tmp_path: Path,
     torch.save({"conv1.weight": torch.zeros(3, 3, 3, 3)}, bad)
     assert_one_line_error(run_cli("train", manifest, "--out", tmp_path / "c",
                                   "--encoder-weights", bad, *TINY), "keys do not fit the encoder")
+
+
+def _straight_and_stopped(manifest: Path, tmp_path: Path, stop_at_step: int
+                          ) -> tuple[TrainOptions, Path, Path]:
+    """A deterministic run straight through, and the same run sent SIGTERM (to this process)
+    after its ``stop_at_step``-th step in all."""
+    import signal
+
+    from nerveseg_cli.train.signals import TrainingInterrupted
+
+    options = TrainOptions(manifest=str(manifest), fold="0", epochs=3, batch_size=2,
+                           device="cpu", workers=1, deterministic=True, rotate="10:0.5",
+                           noise="0.05:0.5", seed=2)
+    train(options, tmp_path / "straight")
+
+    class SignalAtStep(Reporter):
+        steps = 0
+
+        def step(self) -> None:
+            self.steps += 1
+            if self.steps == stop_at_step:
+                os.kill(os.getpid(), signal.SIGTERM)  # the handler only sets a flag
+
+    with pytest.raises(TrainingInterrupted) as stopped:
+        train(options, tmp_path / "stopped", reporter=SignalAtStep())
+    assert stopped.value.exit_code == 143 and "SIGTERM in epoch" in str(stopped.value)
+    return options, tmp_path / "straight", tmp_path / "stopped"
+
+
+def test_sigterm_mid_epoch_then_resume_equals_a_straight_run(manifest: Path,
+                                                            tmp_path: Path) -> None:
+    """The state saved in the middle of an epoch (its batches, the step, the loss so far)
+    lets --resume finish that epoch as if nothing had happened."""
+    per_epoch = 8  # 16 training images (subjects 1 and 3) at batch 2
+    options, straight, stopped = _straight_and_stopped(manifest, tmp_path, per_epoch + 2)
+    data = torch.load(stopped / "state.pt", weights_only=True)
+    assert data["epoch"] == 1 and data["progress"]["step"] == 2
+    assert data["progress"]["sizes"].tolist() == [2] * per_epoch
+    train(options, stopped, resume=True)
+    for name in ("last.safetensors", "model.safetensors"):
+        a, b = load_file(str(straight / name)), load_file(str(stopped / name))
+        assert all(torch.equal(a[key], b[key]) for key in a), name
+    assert pd.read_csv(straight / "metrics.csv")["train_loss"].tolist() == \
+        pd.read_csv(stopped / "metrics.csv")["train_loss"].tolist()
+
+
+def _count_saves(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Record the file names of every checkpoint the engine writes."""
+    from nerveseg_cli.train import engine
+
+    saves: list[list[str]] = []
+    original = engine.atomic_write_files
+
+    def counting(files: list[tuple[Path, bytes]]) -> None:
+        saves.append([path.name for path, _ in files])
+        original(files)
+
+    monkeypatch.setattr(engine, "atomic_write_files", counting)
+    return saves
+
+
+@pytest.mark.parametrize(("save_every", "expected"), [
+    ("10m", 1),  # the default: a short run saves once, at its end
+    ("1", 3), ("2", 2), ("end", 1),
+])
+def test_save_every_decides_how_often_the_checkpoint_is_written(
+        manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, save_every: str,
+        expected: int) -> None:
+    saves = _count_saves(monkeypatch)
+    result = train(TrainOptions(manifest=str(manifest), fold="0", epochs=3, batch_size=4,
+                                device="cpu", workers=1, save_every=save_every),
+                   tmp_path / "run")
+    assert len(saves) == expected, saves
+    assert all({"last.safetensors", "state.pt"} <= set(names) for names in saves)
+    # the best weights are written with the save that follows their epoch, and are right
+    assert any("model.safetensors" in names for names in saves)
+    assert pd.read_csv(tmp_path / "run" / "metrics.csv")["epoch"].tolist() == [1, 2, 3]
+    _, model = load_run(tmp_path / "run")
+    assert result.best_epoch in (1, 2, 3) and model is not None
+
+
+def test_best_weights_kept_in_memory_are_the_best_epochs(manifest: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    """Saved once at the end, model.safetensors holds the best epoch's weights, not the last
+    ones: the same as a run that saved every epoch."""
+    options = TrainOptions(manifest=str(manifest), fold="0", epochs=4, batch_size=4,
+                           device="cpu", workers=1, deterministic=True, lr=0.05, seed=1)
+    every = train(TrainOptions.from_dict({**options.to_dict(), "save_every": "1"}),
+                  tmp_path / "every")
+    once = train(options, tmp_path / "once")
+    assert every.best_epoch == once.best_epoch
+    a = load_file(str(tmp_path / "every" / "model.safetensors"))
+    b = load_file(str(tmp_path / "once" / "model.safetensors"))
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    if once.best_epoch != 4:  # then the best differs from the last weights
+        last = load_file(str(tmp_path / "once" / "last.safetensors"))
+        assert not all(torch.equal(a[key], last[key]) for key in a)
+
+
+def test_a_time_policy_saves_inside_long_epochs(manifest: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the time always up, every optimizer step but an epoch's last saves (in the middle
+    of the epoch), and every epoch end; the run still ends as planned."""
+    from nerveseg_cli.train import checkpoints
+
+    saves = _count_saves(monkeypatch)
+    monkeypatch.setattr(checkpoints.SavePolicy, "time_due", lambda self, seconds: True)
+    train(TrainOptions(manifest=str(manifest), fold="0", epochs=2, batch_size=4, device="cpu",
+                       workers=1, save_every="1s"), tmp_path / "run")
+    steps = 4  # 16 training images at batch 4
+    assert len(saves) == 2 * (steps - 1) + 2
+    data = torch.load(tmp_path / "run" / "state.pt", weights_only=True)
+    assert data["epoch"] == 2 and "progress" not in data  # the last save: the end

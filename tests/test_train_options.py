@@ -99,3 +99,39 @@ def test_resume_takes_the_runs_options_unless_given(tmp_path: Path) -> None:
     assert options.lr == 0.003 and options.manifest == "m.csv"  # from the run
     assert options.recipe == "nerve-default"
     assert options.workers == 1 and options.epochs == 9  # given: train() compares them
+
+
+def test_save_every_reads_epochs_times_both_or_end() -> None:
+    from nerveseg_cli.train.checkpoints import SavePolicy
+
+    assert SavePolicy.parse("10m") == SavePolicy(None, 600.0)
+    assert SavePolicy.parse("3") == SavePolicy(3, None)
+    assert SavePolicy.parse("2, 1.5h") == SavePolicy(2, 5400.0)
+    assert SavePolicy.parse("end") == SavePolicy(None, None)
+    both = SavePolicy.parse("5,30s")
+    assert both.epoch_due(5, 1.0) and both.epoch_due(1, 30.0) and not both.epoch_due(4, 29.0)
+    assert both.time_due(30.0) and not both.time_due(29.9)
+    assert not SavePolicy.parse("end").epoch_due(1000, 1e9)
+    for bad in ("0", "1.5", "m", "10x", "-1", "10m,", ""):
+        with pytest.raises(NervesegError, match="--save-every"):
+            SavePolicy.parse(bad)
+
+
+def test_bad_save_every_and_threads_are_refused_before_anything_is_written(
+        tmp_path: Path) -> None:
+    from tests.conftest import assert_one_line_error, run_cli
+
+    out = tmp_path / "run"
+    assert_one_line_error(run_cli("train", tmp_path / "m.csv", "--out", out, "--save-every",
+                                  "often"), "--save-every 'often'")
+    assert_one_line_error(run_cli("train", tmp_path / "m.csv", "--out", out, "--threads",
+                                  "-1"), "--threads")
+    assert not out.exists()
+
+
+def test_save_every_and_threads_may_change_on_resume() -> None:
+    from nerveseg_cli.train.options import compare_for_resume
+
+    saved = TrainOptions(save_every="10m", threads=0).to_dict()
+    assert compare_for_resume(saved, {**saved, "save_every": "1", "threads": 2}) == []
+    assert compare_for_resume(saved, {**saved, "lr": 1.0}) == ["lr"]

@@ -70,10 +70,14 @@ class RichReporter(Reporter):
         if self.progress is not None:
             self.progress.advance(self.task)
 
-    def epoch_end(self, record: EpochRecord, best: bool) -> None:
+    def close(self) -> None:
+        """Take the epoch's bar off the terminal (a run stopped in the middle of an epoch)."""
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+    def epoch_end(self, record: EpochRecord, best: bool) -> None:
+        self.close()
         stderr.print(format_record(record, best), markup=False, highlight=False, soft_wrap=True)
 
 
@@ -88,7 +92,7 @@ def train_command(
     fold: Annotated[str, _opt(P_DATA, "Validation fold K, or 'all' (no validation).")
                     ] = _D.fold,
     resume: Annotated[Path | None, typer.Option(
-        help="Continue this run folder from its last completed epoch.", show_default=False)
+        help="Continue this run folder from its last saved state.", show_default=False)
     ] = None,
     recipe: Annotated[str | None, typer.Option(
         help="Start from a shipped recipe (`nerveseg recipes`); flags given override it.",
@@ -194,6 +198,12 @@ def train_command(
     compile_model: Annotated[bool, _opt(P_RUN, "torch.compile the model.", "--compile")
                              ] = _D.compile,
     workers: Workers = _D.workers,
+    threads: Annotated[int, _opt(
+        P_RUN, "torch's CPU threads; 0: OMP_NUM_THREADS if set, else the cores available, "
+        "fewer while other processes keep some busy (docs/train.md).", min=0)] = _D.threads,
+    save_every: Annotated[str, _opt(
+        P_RUN, "Save the checkpoint every N epochs and/or a time (10m, 1h, 5,10m), or 'end'; "
+        "always at the end, on Ctrl-C and SIGTERM.", metavar="N|TIME")] = _D.save_every,
     device: Annotated[str, _opt(P_RUN, "auto, cpu, cuda or cuda:N.")] = _D.device,
     seed: Annotated[int, _opt(P_RUN, "Random seed.")] = _D.seed,
     deterministic: Annotated[bool, _opt(P_RUN, "Deterministic algorithms (slower).",
@@ -204,15 +214,22 @@ def train_command(
     """Train one model on the folds other than K, validating on fold K every epoch."""
     from nerveseg_cli.errors import NervesegError
     from nerveseg_cli.train import resolve_train_options, train
+    from nerveseg_cli.train.signals import TrainingInterrupted
 
     if resume is None and (manifest is None or out is None):
         raise NervesegError("train needs MANIFEST and --out (or --resume RUN)")
     given, explicit = _given_options(ctx)
     resolved = resolve_train_options(given, explicit, recipe=recipe, config_file=config_file,
                                      resume=resume)
-    result = train(resolved.options, resume or out, overwrite=overwrite,
-                   resume=resume is not None, reporter=RichReporter(),
-                   inference=resolved.inference)
+    reporter = RichReporter()
+    try:
+        result = train(resolved.options, resume or out, overwrite=overwrite,
+                       resume=resume is not None, reporter=reporter,
+                       inference=resolved.inference)
+    except TrainingInterrupted as stopped:  # not an error: the run is saved, resumable
+        reporter.close()
+        stderr.print(f"interrupted: {stopped}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(stopped.exit_code) from None
     summary = {"run": str(result.run), "best_epoch": result.best_epoch,
                "best_val_dice": result.best_dice, "epochs_run": len(result.history),
                "stopped_early": result.stopped_early, "parameters": result.parameters}

@@ -3,12 +3,16 @@ with the Kaggle metric at full resolution (the same code as ``nerveseg score``).
 
 :func:`train` is the library entry point; :class:`Trainer` holds one run's objects and runs it
 epoch by epoch: a training pass over shuffled (or balanced) batches augmented on the device, a
-validation pass, then the checkpoint (weights, metrics, :class:`~.state.TrainState`).
+validation pass, the metrics, and the checkpoint (weights and :class:`~.state.TrainState`) when
+``--save-every`` says so (:mod:`.checkpoints`), at the end, and on Ctrl-C or SIGTERM
+(:mod:`.signals`).
 """
 
 from __future__ import annotations
 
+import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +21,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nerveseg_cli.device import autocast_for, resolve_amp, resolve_device, seed_everything
+from nerveseg_cli.device import (
+    CpuMeter,
+    autocast_for,
+    available_cores,
+    resolve_amp,
+    resolve_device,
+    seed_everything,
+    set_threads,
+    threads_for_load,
+)
 from nerveseg_cli.errors import NervesegError
 from nerveseg_cli.geometry import Geometry, normalise_input
 from nerveseg_cli.io.images import LabelMapReader, MaskReader, parse_size
@@ -33,11 +46,13 @@ from nerveseg_cli.runs import (
     RunConfig,
     load_weights,
     read_config,
+    unwrap,
     weights_bytes,
     write_config,
 )
 from nerveseg_cli.score import counts_from_histograms, dice, value_histograms
 from nerveseg_cli.train.augment import augment_batch
+from nerveseg_cli.train.checkpoints import SavePolicy
 from nerveseg_cli.train.data import (
     CachedSet,
     cache_samples,
@@ -58,10 +73,14 @@ from nerveseg_cli.train.progress import (
     plot_metrics,
 )
 from nerveseg_cli.train.schedule import lr_factor, make_optimizer, make_scheduler
-from nerveseg_cli.train.state import Optimisation, TrainState
+from nerveseg_cli.train.signals import StopRequest, TrainingInterrupted, stop_on_signals
+from nerveseg_cli.train.state import EpochProgress, Optimisation, TrainState
 
 # Mean and std are estimated on about this many training images (every k-th one).
 NORMALISATION_SAMPLE = 256
+# Inside an epoch the thread team is resized to the load at most this often (seconds): often
+# enough to follow other jobs starting and ending, over windows long enough to measure them.
+ADAPT_SECONDS = 30.0
 
 
 def _kaggle_dice(values: np.ndarray, truth: np.ndarray, level: int, min_area: int) -> float:
@@ -86,15 +105,20 @@ def train(options: TrainOptions, out: str | Path, *, overwrite: bool = False,
           inference: dict[str, Any] | None = None) -> TrainResult:
     """``nerveseg train``: fit one model and leave a run folder in ``out``.
 
-    ``resume`` continues the run in ``out`` from its last completed epoch (the options must be
+    ``resume`` continues the run in ``out`` from its last save (the options must be
     the run's, but for :data:`~.options.RUNTIME_KEYS`). ``inference``: prediction defaults to
     record in config.json (a recipe's ``predict`` part, see nerveseg_cli/recipes), which
-    ``predict`` applies when not told otherwise."""
+    ``predict`` applies when not told otherwise. Raises
+    :class:`~.signals.TrainingInterrupted` after saving when SIGTERM or Ctrl-C stopped it."""
     options.validate()
-    with Outputs(inputs=[options.manifest or None]) as outputs:
-        trainer = Trainer(options, Path(out), reporter or Reporter(), outputs, resume=resume,
-                          overwrite=overwrite, inference=inference)
-        return trainer.run()
+    threads = torch.get_num_threads()
+    try:
+        with Outputs(inputs=[options.manifest or None]) as outputs:
+            trainer = Trainer(options, Path(out), reporter or Reporter(), outputs,
+                              resume=resume, overwrite=overwrite, inference=inference)
+            return trainer.run()
+    finally:
+        torch.set_num_threads(threads)  # --threads is this run's, not the caller's
 
 
 def check_run_folder(out: Path, options: TrainOptions, resume: bool,
@@ -135,6 +159,8 @@ class Trainer:
                  outputs: Outputs, *, resume: bool, overwrite: bool,
                  inference: dict[str, Any] | None) -> None:
         self.options, self.out, self.reporter = options, out, reporter
+        self._meter = CpuMeter()  # the start-up is the first window the load is measured over
+        self.stop, self.policy = StopRequest(), SavePolicy.parse(options.save_every)
         self.dist = Distributed.from_env()
         self.dist.init(options.device)
         saved = check_run_folder(out, options, resume, overwrite)
@@ -142,6 +168,9 @@ class Trainer:
         amp_dtype = resolve_amp(options.amp, self.device)
         self.autocast = autocast_for(self.device, amp_dtype)
         seed_everything(options.seed, options.deterministic)
+        cores = set_threads(options.threads)
+        self._auto_cores = None if options.deterministic or self.device.type != "cpu" \
+            else cores
         self.augment = options.augment_config()
         self.balance = parse_ratio(options.balance)
         self.classes = options.class_list()
@@ -169,6 +198,10 @@ class Trainer:
             self.state = TrainState.load(out / STATE, self.loop)
             load_weights(self.model, out / LAST)
         self.train_model = self._wrap(self.model)
+        self._best: dict[str, torch.Tensor] | None = None  # best weights not yet saved
+        self._best_pending = self._dirty = False  # the best / anything changed since a save
+        self._saved_at = self._threads_at = time.monotonic()
+        self._epochs_unsaved = 0
 
     def _read_data(self, saved: RunConfig | None) -> None:
         """The folds, the geometry (the run's own when resuming), the cached sets and the
@@ -183,10 +216,12 @@ class Trainer:
             self.geometry = self._choose_geometry(split.train + split.val)
         reader = MaskReader(options.label, options.manifest) if self.classes is None else \
             LabelMapReader(self.classes.count, options.manifest)
+        # More decoding threads than cores only queue for them (OpenCV's own threads besides).
+        workers = min(options.workers, available_cores())
         self.train_set = cache_samples(split.train, self.geometry, keep_original=False,
-                                       reader=reader, workers=options.workers)
+                                       reader=reader, workers=workers)
         self.val_set = cache_samples(split.val, self.geometry, keep_original=True,
-                                     reader=reader, workers=options.workers) \
+                                     reader=reader, workers=workers) \
             if split.val else None
         reader.finish()
         if saved is not None:
@@ -226,7 +261,8 @@ class Trainer:
             return choose_geometry(size, False, multiple, [])
         if size is not None:
             choose_geometry(size, True, multiple, [])  # raises: --size and --pad exclude
-        return choose_geometry(None, True, multiple, image_shapes(samples, options.workers))
+        return choose_geometry(None, True, multiple,
+                               image_shapes(samples, min(options.workers, available_cores())))
 
     def _prepare_loop(self, amp_dtype: torch.dtype | None) -> None:
         options = self.options
@@ -254,9 +290,21 @@ class Trainer:
     # the loop
 
     def run(self) -> TrainResult:
+        state = self.state
+        with stop_on_signals(self.stop):  # a signal after the last epoch changes nothing
+            stopped_early = self._run_epochs()
+            if self.dist.main:
+                self.save()  # the end of a run always saves (a no-op when nothing is new)
+                plot_metrics(state.history, self.out / "metrics.png")
+        best = state.best_dice if self.val_set is not None else float("nan")
+        return TrainResult(self.out, state.best_epoch, best, state.history, self.parameters,
+                           stopped_early)
+
+    def _run_epochs(self) -> bool:
+        """Every remaining epoch; whether --patience stopped the run early."""
         options, state = self.options, self.state
-        stopped_early = False
         for epoch in range(state.epoch + 1, options.epochs + 1):
+            self._adapt_threads()
             started = time.perf_counter()
             train_loss = self.train_epoch(epoch)
             val_loss, val_dice, presence_accuracy, class_dice = self.validate()
@@ -264,24 +312,20 @@ class Trainer:
                                  val_loss, val_dice, presence_accuracy,
                                  time.perf_counter() - started, class_dice)
             improved = self._update_state(record)
-            if self.dist.main:
-                self.checkpoint(record, improved)
-            self.reporter.epoch_end(record, improved)
+            self._epoch_checkpoint(record, improved)
+            self._report(self.reporter.epoch_end, record, improved)
+            if epoch < options.epochs and self._stop_agreed():
+                self._interrupt(epoch, None)
             if options.patience and self.val_set is not None and \
                     epoch - state.best_epoch >= options.patience:
-                stopped_early = True
-                break
-        if self.dist.main:
-            plot_metrics(state.history, self.out / "metrics.png")
-        best = state.best_dice if self.val_set is not None else float("nan")
-        return TrainResult(self.out, state.best_epoch, best, state.history, self.parameters,
-                           stopped_early)
+                return True
+        return False
 
     def _update_state(self, record: EpochRecord) -> bool:
         """Add the epoch to the state; whether it is the best so far (without validation the
         latest epoch is the best)."""
         state = self.state
-        state.epoch = record.epoch
+        state.epoch, state.progress = record.epoch, None
         state.history.append(record)
         score = record.val_dice if self.val_set is not None else float(record.epoch)
         if score <= state.best_dice:
@@ -290,37 +334,48 @@ class Trainer:
         return True
 
     def _epoch_batches(self) -> list[np.ndarray]:
+        """The epoch's batches over every process (each takes every world-th image of each,
+        in train_epoch), so that a saved epoch in progress resumes on any process."""
         dist = self.dist
         batches = epoch_batches(self.train_set.positive, self.options.batch_size * dist.world,
                                 self.balance, self.loop.generator)
         if dist.world > 1:
             # Every rank must take the same number of steps (each step all-reduces), so a
             # short last batch is topped up by repetition before it is shared out.
-            batches = [np.resize(b, max(b.size, dist.world))[dist.rank::dist.world]
-                       for b in batches]
+            batches = [np.resize(b, max(b.size, dist.world)) for b in batches]
         return batches
 
     def train_epoch(self, epoch: int) -> float:
-        """One pass over the training set; the mean training loss over every process."""
-        options, loop = self.options, self.loop
-        batches = self._epoch_batches()
+        """One pass over the training set (from where a saved epoch stopped, when resuming
+        one); the mean training loss over every process."""
+        options, loop, dist = self.options, self.loop, self.dist
+        progress = self.state.progress or EpochProgress(self._epoch_batches(), 0)
+        self.state.progress = progress
+        batches = progress.batches
         self.reporter.epoch_start(epoch, options.epochs, len(batches))
         self.train_model.train()
-        loss_sum, loss_count = 0.0, 0
         loop.optimizer.zero_grad(set_to_none=True)
         pin = self.device.type == "cuda"
 
         def load(index: np.ndarray) -> tuple[tuple[torch.Tensor, torch.Tensor], np.ndarray]:
+            index = index[dist.rank::dist.world]
             return _batch_tensors(self.train_set, index, self.device, pin), index
 
-        for step, ((images_u8, masks_u8), index) in enumerate(prefetch(batches, load)):
+        for step, ((images_u8, masks_u8), index) in enumerate(
+                prefetch(batches[progress.step:], load), start=progress.step):
             loss = self.train_step(images_u8, masks_u8, index, epoch)
-            if (step + 1) % options.accumulate == 0 or step + 1 == len(batches):
+            boundary = (step + 1) % options.accumulate == 0 or step + 1 == len(batches)
+            if boundary:
                 self._optimizer_step()
-            loss_sum += float(loss) * len(index)
-            loss_count += len(index)
-            self.reporter.step()
-        loss_sum, loss_count = self.dist.reduce_sum([loss_sum, loss_count], self.device)
+            progress.loss_sum += float(loss) * len(index)
+            progress.loss_count += len(index)
+            progress.step = step + 1
+            self._dirty = True
+            self._report(self.reporter.step, consistent=boundary)
+            if boundary and step + 1 < len(batches):
+                self._between_steps(epoch)
+        loss_sum, loss_count = dist.reduce_sum([progress.loss_sum, progress.loss_count],
+                                               self.device)
         return loss_sum / max(1, loss_count)
 
     def train_step(self, images_u8: torch.Tensor, masks_u8: torch.Tensor, index: np.ndarray,
@@ -420,15 +475,86 @@ class Trainer:
         predicted = (torch.sigmoid(presence.float()) > 0.5).cpu().numpy()
         return loss, dices, float((predicted == self.presence_truth(data, index)).sum())
 
-    def checkpoint(self, record: EpochRecord, improved: bool) -> None:
-        """The last weights and the training state, written together (a resume never pairs
-        one epoch's weights with another's state), the best weights, the metrics, the log."""
-        out = self.out
-        weights = weights_bytes(self.model)
-        files = [(out / LAST, weights), (out / STATE, self.state.to_bytes(self.loop))]
+    # ----------------------------------------------------------------------------------------
+    # saving, stopping, threads
+
+    def _between_steps(self, epoch: int) -> None:
+        """After an optimizer step inside an epoch: stop on a signal, save when the time has
+        come, resize the thread team to the load."""
+        if self._stop_agreed():
+            self._interrupt(epoch, self.state.progress)
+        if self.dist.main and self.policy.time_due(time.monotonic() - self._saved_at):
+            self.save()
+        self._adapt_threads(every=ADAPT_SECONDS)
+
+    def _stop_agreed(self) -> bool:
+        """Whether a signal asked to stop, in any process (all stop at the same step)."""
+        if self.dist.world == 1:
+            return bool(self.stop)
+        return self.dist.reduce_sum([float(bool(self.stop))], self.device)[0] > 0
+
+    def _epoch_checkpoint(self, record: EpochRecord, improved: bool) -> None:
+        """The epoch's log line and metrics (always), and the checkpoint when the policy says
+        so; otherwise the best weights are kept in memory until the next save."""
+        if not self.dist.main:
+            return
+        self._epochs_unsaved += 1
         if improved:
-            files.insert(0, (out / BEST, weights))
-        atomic_write_files(files)
-        atomic_write_text(out / METRICS, metrics_csv(self.state.history))
-        with open(out / "train.log", "a", encoding="utf-8") as log:
+            self._best = None  # the current weights, until they change
+            self._best_pending = True
+        atomic_write_text(self.out / METRICS, metrics_csv(self.state.history))
+        with open(self.out / "train.log", "a", encoding="utf-8") as log:
             log.write(format_record(record, improved) + "\n")
+        if self.policy.epoch_due(self._epochs_unsaved, time.monotonic() - self._saved_at):
+            self.save()
+        elif improved:
+            self._best = {k: v.detach().to("cpu", copy=True).contiguous()
+                          for k, v in unwrap(self.model).state_dict().items()}
+
+    def save(self) -> None:
+        """The checkpoint: the last weights and the training state written together (a resume
+        never pairs one step's weights with another's state), with the best weights when they
+        changed since the last save."""
+        if not self.dist.main or not self._dirty:
+            return
+        from safetensors.torch import save as safetensors_bytes
+
+        weights = weights_bytes(self.model)
+        files = [(self.out / LAST, weights), (self.out / STATE, self.state.to_bytes(self.loop))]
+        if self._best_pending:
+            best = weights if self._best is None else safetensors_bytes(self._best)
+            files.insert(0, (self.out / BEST, best))
+        atomic_write_files(files)
+        self._best, self._best_pending, self._dirty = None, False, False
+        self._saved_at, self._epochs_unsaved = time.monotonic(), 0
+
+    def _report(self, call: Callable[..., None], *args: Any, consistent: bool = True) -> None:
+        """A reporter callback; one that raises (a crash, a test) at a point the run can be
+        saved at leaves the run saved there, resumable."""
+        try:
+            call(*args)
+        except BaseException:
+            if consistent:
+                self.save()
+            raise
+
+    def _interrupt(self, epoch: int, progress: EpochProgress | None) -> None:
+        """Save and stop on the signal that asked for it."""
+        self.save()
+        number = self.stop.signal_number or signal.SIGTERM
+        where = f"in epoch {epoch} (step {progress.step}/{len(progress.batches)})" \
+            if progress is not None else f"after epoch {epoch}"
+        raise TrainingInterrupted(number, f"{signal.Signals(number).name} {where}: the state is "
+                                  f"saved in {self.out}; continue with: nerveseg train --resume "
+                                  f"{self.out}")
+
+    def _adapt_threads(self, every: float = 0.0) -> None:
+        """Size torch's thread team to the cores other processes leave free (automatic
+        --threads only, and not with --deterministic, whose results must not depend on the
+        load); measured over the time since the last call, at least ``every`` seconds."""
+        if self._auto_cores is None or time.monotonic() - self._threads_at < every:
+            return
+        self._threads_at = time.monotonic()
+        wanted = threads_for_load(self._auto_cores, self._meter.others_busy())
+        if wanted != torch.get_num_threads():
+            torch.set_num_threads(wanted)

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from nerveseg_cli.train.augment import AugmentConfig
 
 # Options that change how a run executes but not what it computes: a resumed run may differ.
-RUNTIME_KEYS = {"device", "workers", "compile"}
+RUNTIME_KEYS = {"device", "workers", "compile", "threads", "save_every"}
 
 
 @dataclass
@@ -90,6 +90,8 @@ class TrainOptions(DictRecord):
     channels_last: bool = False
     compile: bool = False
     workers: int = 4
+    threads: int = 0  # torch's CPU threads; 0: from the cores available (docs/train.md)
+    save_every: str = "10m"  # checkpoint policy (train/checkpoints.py: why 10 minutes)
     device: str = "auto"
     seed: int = 0
     deterministic: bool = False
@@ -106,6 +108,9 @@ class TrainOptions(DictRecord):
             if isinstance(value, bool) or not isinstance(value, int | float) or \
                     not math.isfinite(value) or not ok(value):
                 raise NervesegError(f"{option_name(name, value, origin)}: must be {need}")
+        from nerveseg_cli.train.checkpoints import SavePolicy
+
+        SavePolicy.parse(self.save_every)
         return self
 
     def augment_config(self) -> AugmentConfig:
@@ -182,6 +187,7 @@ _NUMBER_RULES: tuple[tuple[str, Callable[[float], bool], str], ...] = (
     ("width", lambda v: v >= 1 and v == int(v), "a whole number >= 1"),
     ("label", lambda v: v >= 0 and v == int(v), "a whole number >= 0"),
     ("workers", lambda v: v >= 1 and v == int(v), "a whole number >= 1"),
+    ("threads", lambda v: v >= 0 and v == int(v), "a whole number >= 0 (0: automatic)"),
 )
 
 DEFAULTS = TrainOptions()

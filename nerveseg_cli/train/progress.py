@@ -26,8 +26,8 @@ class EpochRecord:
 class Reporter:
     """Progress callbacks of a run; the CLI prints them with rich, ``demo`` as its own lines.
 
-    ``epoch_end`` runs after the epoch's checkpoint is written, so a reporter that raises
-    (Ctrl-C, a test simulating a crash) leaves a resumable run."""
+    ``epoch_end`` (and ``step`` after an optimizer step) run where the run can be saved: a
+    reporter that raises (a test simulating a crash) leaves the run saved there, resumable."""
 
     def stage(self, text: str) -> None: ...
 

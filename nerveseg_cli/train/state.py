@@ -2,7 +2,8 @@
 alone, so that the keys saved are the keys loaded.
 
 It is read with ``torch.load(weights_only=True)`` (tensors and plain containers, no code), and
-a file whose keys are not exactly :data:`STATE_KEYS` is refused.
+a file whose keys are not exactly :data:`STATE_KEYS` (plus, since mid-epoch saves, ``progress``)
+is refused.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from nerveseg_cli.errors import NervesegError, brief
@@ -21,6 +23,36 @@ from nerveseg_cli.train.progress import EpochRecord
 
 STATE_KEYS = ("epoch", "optimizer", "scheduler", "scaler", "generator", "torch_rng",
               "best_dice", "best_epoch", "history")
+# The epoch in progress when the state was saved in its middle (a periodic save in a long
+# epoch, Ctrl-C, SIGTERM); files written before mid-epoch saves existed lack it.
+PROGRESS_KEY = "progress"
+
+
+@dataclass
+class EpochProgress:
+    """How far the epoch after ``TrainState.epoch`` got: its batches (indices into the
+    training set, drawn at its start), the steps done, and the loss summed so far."""
+
+    batches: list[np.ndarray]
+    step: int
+    loss_sum: float = 0.0
+    loss_count: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        sizes = [len(b) for b in self.batches]
+        flat = np.concatenate(self.batches) if self.batches else np.zeros(0, np.int64)
+        return {"batches": torch.from_numpy(flat.astype(np.int64)),
+                "sizes": torch.tensor(sizes, dtype=torch.int64), "step": self.step,
+                "loss_sum": self.loss_sum, "loss_count": self.loss_count}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EpochProgress:
+        flat, sizes = data["batches"].numpy(), data["sizes"].tolist()
+        if sum(sizes) != flat.size or not 0 < int(data["step"]) < len(sizes):
+            raise ValueError("the epoch in progress does not add up")
+        batches = np.split(flat, np.cumsum(sizes)[:-1]) if sizes else []
+        return cls(batches, int(data["step"]), float(data["loss_sum"]),
+                   int(data["loss_count"]))
 
 
 @dataclass
@@ -41,11 +73,13 @@ class TrainState:
     best_dice: float = -1.0
     best_epoch: int = 0
     history: list[EpochRecord] = field(default_factory=list)
+    progress: EpochProgress | None = None  # saved in the middle of epoch ``epoch + 1``
 
     def to_bytes(self, loop: Optimisation) -> bytes:
         """state.pt's contents (written with the last weights, as one checkpoint)."""
         buffer = io.BytesIO()
-        torch.save({
+        progress = {} if self.progress is None else {PROGRESS_KEY: self.progress.to_dict()}
+        torch.save({**progress,
             "epoch": self.epoch, "optimizer": loop.optimizer.state_dict(),
             "scheduler": loop.scheduler.state_dict(), "scaler": loop.scaler.state_dict(),
             "generator": loop.generator.get_state(), "torch_rng": torch.get_rng_state(),
@@ -65,9 +99,11 @@ class TrainState:
             loop.generator.set_state(data["generator"])
             torch.set_rng_state(data["torch_rng"])
             history = [EpochRecord(**row) for row in json.loads(data["history"])]
+            progress = EpochProgress.from_dict(data[PROGRESS_KEY]) \
+                if PROGRESS_KEY in data else None
             return cls(int(data["epoch"]), float(data["best_dice"]), int(data["best_epoch"]),
-                       history)
-        except (ValueError, TypeError, KeyError, RuntimeError) as exc:
+                       history, progress)
+        except (ValueError, TypeError, KeyError, RuntimeError, AttributeError) as exc:
             raise NervesegError(f"{path}: not the state of this run ({brief(exc)})") from None
 
 
@@ -75,6 +111,6 @@ def _read(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise NervesegError(f"{path.parent}: nothing to resume ({path.name} missing)")
     data = load_tensor_file(path, "a nerveseg training state")
-    if not isinstance(data, dict) or set(data) != set(STATE_KEYS):
+    if not isinstance(data, dict) or set(data) - {PROGRESS_KEY} != set(STATE_KEYS):
         raise NervesegError(f"{path}: not a nerveseg training state (unexpected contents)")
     return data

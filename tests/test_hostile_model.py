@@ -318,6 +318,14 @@ TRAIN = (
              lambda ws: train_args(ws, "--config", write_file(
                  ws, "recipe.json", b'{"train": {}, "predict": {"tta": "rotate"}}')),
              ("{ws}/recipe.json", "rotate")),
+    Case("config_sets_threads",
+             lambda ws: train_args(ws, "--config", write_file(
+                 ws, "recipe.json", b'{"train": {"threads": 1}}')),
+             ("{ws}/recipe.json", "train.threads cannot be set by a recipe")),
+    Case("config_sets_save_every",
+             lambda ws: train_args(ws, "--config", write_file(
+                 ws, "recipe.json", b'{"train": {"save_every": "1"}}')),
+             ("{ws}/recipe.json", "train.save_every")),
     # resume
     Case("resume_state_garbage",
              lambda ws: ["train", "--resume", replaced_state(ws, b"\x00garbage" * 10)],

@@ -39,8 +39,9 @@ PREDICT_KEYS = ("tta", "tta_merge", "merge", "asme_base", "threshold", "min_area
                 "presence_threshold", "crf")
 TOP_KEYS = ("description", "paper", "reported", "train", "predict", "task")
 TASKS = ("binary", "multiclass")
-# train keys a recipe may not set: the data and the bookkeeping belong to the command line
-NOT_IN_RECIPES = ("manifest", "recipe")
+# train keys a recipe may not set: the data, the bookkeeping and the machine's share (threads,
+# how often to save) belong to the command line
+NOT_IN_RECIPES = ("manifest", "recipe", "threads", "save_every")
 
 
 @dataclass(frozen=True)

@@ -169,7 +169,7 @@ def _frames(images: str | Path | None, geometry: Any, options: BenchOptions
     if images is not None:
         from nerveseg_cli.io.datasets import discover_images, load_image
 
-        samples = discover_images(images)[:options.frames]
+        samples = discover_images(images, videos=True)[:options.frames]
         if not samples:
             raise NervesegError(f"{images}: no images")
         return [load_image(s) for s in samples], str(images)

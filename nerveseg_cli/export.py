@@ -290,6 +290,7 @@ def export_run(run: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSET,
     out = Path(out)
     if out.suffix.lower() != ".onnx":
         raise NervesegError(f"{out}: name the exported model NAME.onnx")
+    _check_settings(opset, tolerance)  # before the output's folders are made
     started = time.perf_counter()
     run = Path(run)
     side = sidecar_path(out)
@@ -311,10 +312,6 @@ def export_bytes(run: str | Path, *, opset: int = DEFAULT_OPSET,
     the ``.onnx`` bytes, the sidecar, and the modules replaced for the exporter."""
     from nerveseg_cli.runs import BEST, CONFIG, load_run
 
-    if opset not in OPSETS:
-        raise NervesegError(f"--opset {opset}: use {OPSETS.start} to {OPSETS.stop - 1}")
-    if not (math.isfinite(tolerance) and tolerance >= 0):
-        raise NervesegError(f"tolerance {tolerance}: must be a number >= 0")
     run = Path(run)
     config, model = load_run(run)
     source = {"run": str(run.absolute()),
@@ -322,6 +319,13 @@ def export_bytes(run: str | Path, *, opset: int = DEFAULT_OPSET,
               "weights": BEST, "weights_sha256": file_sha256((run / BEST).read_bytes())}
     return export_model(model, config, opset=opset, tolerance=tolerance, source=source,
                         where=str(run))
+
+
+def _check_settings(opset: int, tolerance: float) -> None:
+    if opset not in OPSETS:
+        raise NervesegError(f"--opset {opset}: use {OPSETS.start} to {OPSETS.stop - 1}")
+    if not (math.isfinite(tolerance) and tolerance >= 0):
+        raise NervesegError(f"tolerance {tolerance}: must be a number >= 0")
 
 
 def export_model(model: Any, config: RunConfig, *, opset: int = DEFAULT_OPSET,
@@ -335,6 +339,7 @@ def export_model(model: Any, config: RunConfig, *, opset: int = DEFAULT_OPSET,
 
     from nerveseg_cli.models.exportable import exportable
 
+    _check_settings(opset, tolerance)
     arch = config.model.arch
     model = model.cpu().eval()
     graph, replaced = exportable(model)
@@ -345,7 +350,12 @@ def export_model(model: Any, config: RunConfig, *, opset: int = DEFAULT_OPSET,
               _random_input(config, 1, geometry.height + multiple, geometry.width + multiple,
                             seed=1)]
     with torch.no_grad():
-        expected = [_torch_outputs(model, checks[0])]
+        try:
+            expected = [_torch_outputs(model, checks[0])]
+        except Exception as exc:  # noqa: BLE001  e.g. a geometry too small for the network
+            raise NervesegError(f"{where}: --arch {arch} does not run at its geometry "
+                                f"{geometry.width}x{geometry.height} in torch ({brief(exc)}); "
+                                "not exported") from None
         try:  # the other size tells whether a graph for any size is right
             expected.append(_torch_outputs(model, checks[1]))
         except Exception:  # noqa: BLE001  the network only runs at its own size (a ViT)
@@ -387,7 +397,7 @@ def export_model(model: Any, config: RunConfig, *, opset: int = DEFAULT_OPSET,
         geometry=geometry, mean=config.mean, std=config.std,
         in_channels=config.model.in_channels, mask_channels=config.model.mask_channels,
         presence_channels=config.model.presence_channels if model.has_presence else None,
-        classes=config.classes, multilabel=config.model.multilabel, dynamic_size=dynamic,
+        classes=_classes(config), multilabel=config.model.multilabel, dynamic_size=dynamic,
         size_multiple=multiple, inference=dict(config.inference),
         threshold=post.threshold, min_area=post.min_area, training=dict(config.training),
         source=dict(source or {}),
@@ -397,7 +407,16 @@ def export_model(model: Any, config: RunConfig, *, opset: int = DEFAULT_OPSET,
                "relative_diff": worst.relative,
                "max_abs_diff_probability": max(d.probability for d in differences),
                "torch": torch.__version__, "onnxruntime": onnxruntime.__version__})
+    Sidecar.from_dict(record.to_dict(), Path(where))  # never write one a reader refuses
     return data, record, replaced
+
+
+def _classes(config: RunConfig) -> Classes | None:
+    """The run's class names; a config of several classes without them (written by hand)
+    gets the names ``--classes N`` gives (a sidecar always names the classes it has)."""
+    if config.classes is None and config.model.classes > 2:
+        return Classes.parse(str(config.model.classes))
+    return config.classes
 
 
 def _size(inputs: list[np.ndarray], differences: list[Difference | None]) -> str:

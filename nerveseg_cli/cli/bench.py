@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from nerveseg_cli.cli._app import PANEL_INFERENCE, command
-from nerveseg_cli.cli._common import JsonOutput, format_value, print_json, stdout
+from nerveseg_cli.cli._common import JsonOutput, print_json, stdout
 
 
 # One parameter per option: this is Typer's declaration of the command line.
@@ -45,28 +45,48 @@ def bench_command(
         print_json(result.to_dict())
         return
     stdout.print(_table(result))
+    stdout.print(_throughput_table(result))
     ratios = result.ratios()
     if ratios:
         stdout.print(f"onnxruntime / torch: throughput {ratios['throughput']:.2f}x, "
                      f"p50 latency {ratios['latency_p50']:.2f}x")
 
 
+def _device(where: str) -> str:
+    """``CPUExecutionProvider`` -> ``cpu`` (the engine column says it is ONNX Runtime)."""
+    return where.removesuffix("ExecutionProvider").lower()
+
+
 def _table(result: Any) -> Any:
+    """Latency at batch 1 and the best throughput, one row per engine (fits 100 columns)."""
     from rich.table import Table
 
     geometry = result.geometry
+    load = "n/a" if result.load_average is None else f"{result.load_average:.2f}"
     title = (f"bench {result.model} ({result.arch}, {geometry['mode']} "
              f"{geometry['width']}x{geometry['height']}): {result.frames} frames of "
-             f"{result.frames_from}, tta {result.tta}; {result.cores} cores, load "
-             f"{format_value(result.load_average)}")
+             f"{result.frames_from}, tta {result.tta}; {result.cores} cores, load {load}")
     table = Table(title=title, title_justify="left")
-    for name in ("engine", "device", "threads", "p50 ms", "p95 ms", "p99 ms",
-                 "batch 1 fps", "best batch", "best fps", "fps by batch"):
-        table.add_column(name, justify="left" if name in ("engine", "device") else "right")
+    for name in ("engine", "device", "threads", "p50 ms", "p95 ms", "p99 ms", "fps at 1",
+                 "best batch", "best fps"):
+        table.add_column(name, justify="left" if name in ("engine", "device") else "right",
+                         no_wrap=True)
     for e in result.engines:
-        by_batch = ", ".join(f"{b}: {fps:.1f}" for b, fps in e.throughput.items())
-        table.add_row(e.engine, e.device, str(e.threads or "-"),
+        table.add_row(e.engine, _device(e.device), str(e.threads or "-"),
                       f"{e.latency_ms['p50']:.1f}", f"{e.latency_ms['p95']:.1f}",
                       f"{e.latency_ms['p99']:.1f}", f"{e.fps_batch1:.1f}", str(e.best_batch),
-                      f"{e.best_fps:.1f}", by_batch)
+                      f"{e.best_fps:.1f}")
+    return table
+
+
+def _throughput_table(result: Any) -> Any:
+    """Frames per second at each batch size: a row per size, a column per engine."""
+    from rich.table import Table
+
+    table = Table(title="frames/s by batch size", title_justify="left")
+    table.add_column("batch", justify="right")
+    for e in result.engines:
+        table.add_column(e.engine, justify="right", no_wrap=True)
+    for size in result.engines[0].throughput:
+        table.add_row(str(size), *(f"{e.throughput[size]:.1f}" for e in result.engines))
     return table

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -36,4 +36,15 @@ def export_command(
     if json_output:
         print_json(result.summary)
     else:
-        stdout.print(key_value_table("export", result.summary))
+        stdout.print(key_value_table("export", _readable(result.summary)))
+
+
+def _readable(summary: dict[str, Any]) -> dict[str, Any]:
+    """The differences in scientific notation (they are around 1e-7: fixed point shows 0),
+    the seconds to a tenth."""
+    rows = dict(summary)
+    for key, value in summary.items():
+        if key.startswith(("max_abs_diff", "relative_diff")) and isinstance(value, float):
+            rows[key] = f"{value:.2e}"
+    rows["seconds"] = f"{summary['seconds']:.1f}"
+    return rows

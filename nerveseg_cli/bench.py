@@ -30,6 +30,7 @@ import numpy as np
 
 from nerveseg_cli.engines import ENGINES, Engine, ort_threads, read_model_info
 from nerveseg_cli.errors import NervesegError
+from nerveseg_cli.export import is_exported
 from nerveseg_cli.io.datasets import Sample
 
 CHOICES = (*ENGINES, "both")
@@ -126,7 +127,7 @@ def bench(model: str | Path, images: str | Path | None = None,
         raise NervesegError(f"--tta {options.tta!r}: use {', '.join(TTA_VARIANTS)}")
     info = read_model_info(model)
     engines = list(ENGINES) if options.engine == "both" else [options.engine]
-    if "torch" in engines and Path(model).is_file():
+    if "torch" in engines and is_exported(model):
         raise NervesegError(f"{model}: an exported model runs with --engine onnxruntime only; "
                             "give the run folder to bench torch too")
     frames, source = _frames(images, info.geometry, options)

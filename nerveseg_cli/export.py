@@ -256,8 +256,8 @@ def load_exported(model: str | Path) -> tuple[Sidecar, bytes]:
 
 def is_exported(path: str | Path) -> bool:
     """A path names an exported model (an ``.onnx`` file) rather than a run folder."""
-    path = Path(path)
-    return path.suffix.lower() == ".onnx" or path.is_file()
+    # by the name alone: another file given as a run is "not a run folder", as it always was
+    return Path(path).suffix.lower() == ".onnx"
 
 
 # --------------------------------------------------------------------------------------------

@@ -28,14 +28,7 @@ def write_clip(path: Path, images: list[np.ndarray], fps: float = FPS) -> list[n
     for i in range(FRAMES):
         writer.write(cv2.cvtColor(images[i % len(images)], cv2.COLOR_GRAY2BGR))
     writer.release()
-    capture = cv2.VideoCapture(str(path))
-    frames = []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY))
-    capture.release()
+    frames = [cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) for frame in read_video(path)[0]]
     assert len(frames) == FRAMES
     return frames
 

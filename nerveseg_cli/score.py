@@ -433,31 +433,47 @@ def write_overlays(report: ScoreReport, images: str | Path, out: Path, *,
                    worst: int | None = None, workers: int = 4) -> list[Path]:
     """Overlay PNGs (``RANK_ID.png``, worst first) in the folder ``out`` for the ``worst``
     lowest-Dice images (all without), drawn on the images of the set ``images``."""
-    image_files = {s.id: s for s in discover_images(images)}
-    order = np.lexsort((np.arange(len(report.ids)), report.dice))
-    chosen = [report.ids[i] for i in order[: worst if worst is not None else len(order)]]
-    absent = [i for i in chosen if i not in image_files]
-    if absent:
-        raise NervesegError(f"{images}: no image for {len(absent)} scored ids "
-                            f"(first: {', '.join(absent[:5])})")
     pred_source, gt_source = report.pred_source, report.gt_source
     truth_reader = MaskReader(report.label, str(gt_source.path))  # checked by score()
     pred_reader = MaskReader(report.label, str(pred_source.path))
     missing = set(report.missing_predictions)
+
+    def read(sample_id: str) -> tuple[np.ndarray, np.ndarray]:
+        truth = gt_source.read_mask(sample_id, truth_reader)
+        pred = (np.zeros_like(truth) if sample_id in missing
+                else report.post.apply(pred_source.read_values(sample_id, pred_reader)))
+        return truth, pred
+
+    return write_ranked_overlays(report.ids, report.dice, images, out, read, overlay,
+                                 worst=worst, workers=workers, truth_name="mask")
+
+
+def write_ranked_overlays(ids: Sequence[str], dice: np.ndarray, images: str | Path, out: Path,
+                          read: Callable[[str], tuple[np.ndarray, np.ndarray]],
+                          paint: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray],
+                          *, worst: int | None, workers: int, truth_name: str) -> list[Path]:
+    """``RANK_ID.png`` overlays of the ``worst`` lowest-``dice`` ids (all without; ties in
+    id order): ``read(id)`` gives (truth, prediction), ``paint(image, truth, prediction)``
+    the picture (binary outlines, or a colour per class)."""
+    image_files = {s.id: s for s in discover_images(images)}
+    order = np.lexsort((np.arange(len(ids)), dice))
+    chosen = [ids[i] for i in order[: worst if worst is not None else len(order)]]
+    absent = [i for i in chosen if i not in image_files]
+    if absent:
+        raise NervesegError(f"{images}: no image for {len(absent)} scored ids "
+                            f"(first: {', '.join(absent[:5])})")
     width = len(str(len(chosen)))
 
     def draw(item: tuple[int, str]) -> Path:
         rank, sample_id = item
         image = load_image(image_files[sample_id])
-        truth = gt_source.read_mask(sample_id, truth_reader)
-        pred_mask = (np.zeros_like(truth) if sample_id in missing
-                     else report.post.apply(pred_source.read_values(sample_id, pred_reader)))
+        truth, pred = read(sample_id)
         if image.shape != truth.shape:
             raise NervesegError(f"{image_files[sample_id].image}: image is "
-                                f"{image.shape[1]}x{image.shape[0]}, its mask "
+                                f"{image.shape[1]}x{image.shape[0]}, its {truth_name} "
                                 f"{truth.shape[1]}x{truth.shape[0]}")
         path = out / f"{rank:0{width}d}_{sample_id}.png"
-        write_image(path, overlay(image, truth, pred_mask))
+        write_image(path, paint(image, truth, pred))
         return path
 
     return list(thread_map(draw, list(enumerate(chosen, start=1)), workers))

@@ -24,8 +24,8 @@ import numpy as np
 from nerveseg_cli.classes import Classes
 from nerveseg_cli.drawing import class_overlay
 from nerveseg_cli.errors import NervesegError
-from nerveseg_cli.io.datasets import discover_images, load_image, sort_ids
-from nerveseg_cli.io.outputs import Outputs, atomic_write_text, write_image
+from nerveseg_cli.io.datasets import sort_ids
+from nerveseg_cli.io.outputs import Outputs, atomic_write_text
 from nerveseg_cli.io.parallel import thread_map
 from nerveseg_cli.postprocess import (
     PostProcess,
@@ -44,6 +44,7 @@ from nerveseg_cli.score import (
     min_area_grid,
     sweep,
     value_histograms,
+    write_ranked_overlays,
 )
 from nerveseg_cli.sources import ClassSource, open_class_source
 
@@ -354,29 +355,12 @@ def write_class_overlays(report: ClassScoreReport, images: str | Path, out: Path
                          worst: int | None = None, workers: int = 4) -> list[Path]:
     """Overlay PNGs (``RANK_ID.png``, lowest mean Dice over the classes first), a colour per
     class (drawing.class_overlay)."""
-    image_files = {s.id: s for s in discover_images(images)}
-    ids = report.ids
     mean_dice = np.mean([r.dice for r in report.reports.values()], axis=0)
-    order = np.lexsort((np.arange(len(ids)), mean_dice))
-    chosen = [ids[i] for i in order[: worst if worst is not None else len(order)]]
-    absent = [i for i in chosen if i not in image_files]
-    if absent:
-        raise NervesegError(f"{images}: no image for {len(absent)} scored ids "
-                            f"(first: {', '.join(absent[:5])})")
     posts = [report.posts[name] for name in report.classes.foreground]
-    width = len(str(len(chosen)))
 
-    def draw(item: tuple[int, str]) -> Path:
-        rank, sample_id = item
-        image = load_image(image_files[sample_id])
-        truth = report.gt_source.read_labels(sample_id)
-        pred = label_map(report.pred_source.read_values(sample_id), posts)
-        if image.shape != truth.shape:
-            raise NervesegError(f"{image_files[sample_id].image}: image is "
-                                f"{image.shape[1]}x{image.shape[0]}, its label map "
-                                f"{truth.shape[1]}x{truth.shape[0]}")
-        path = out / f"{rank:0{width}d}_{sample_id}.png"
-        write_image(path, class_overlay(image, truth, pred))
-        return path
+    def read(sample_id: str) -> tuple[np.ndarray, np.ndarray]:
+        return (report.gt_source.read_labels(sample_id),
+                label_map(report.pred_source.read_values(sample_id), posts))
 
-    return list(thread_map(draw, list(enumerate(chosen, start=1)), workers))
+    return write_ranked_overlays(report.ids, mean_dice, images, out, read, class_overlay,
+                                 worst=worst, workers=workers, truth_name="label map")

@@ -121,6 +121,10 @@ def open_source(path: str | Path, size: tuple[int, int] = (580, 420),
     """Open a folder of maps, a manifest (its mask column) or a Kaggle CSV as a MapSource."""
     path = Path(path)
     if path.is_file():
+        from nerveseg_cli.io.video import is_video, refuse_video
+
+        if is_video(path):
+            refuse_video(path)
         if path.suffix.lower() != ".csv":
             raise NervesegError(f"{path}: expected a folder, a manifest CSV or a Kaggle CSV")
         if is_manifest(path):

@@ -172,7 +172,11 @@ HOSTILE = (
          _with_clip(lambda ws: (ws / "o.mp4").write_bytes(b"x") and
                     _video_args(ws, "--overlay-video", str(ws / "o.mp4"))), ("o.mp4",)),
     Case("video_to_score",
-         _with_clip(lambda ws: ["score", ws / "clip.avi", ws / "probs"]), ("clip.avi",)),
+         _with_clip(lambda ws: ["score", ws / "clip.avi", ws / "probs"]),
+         ("clip.avi", "only predict reads videos")),
+    Case("video_to_rle_encode",
+         _with_clip(lambda ws: ["rle-encode", ws / "clip.avi", "--out", ws / "s.csv"]),
+         ("clip.avi", "only predict reads videos")),
     Case("video_to_split",
          _with_clip(lambda ws: ["split", ws / "clip.avi", "--out", ws / "f.csv"]),
          ("clip.avi", "only predict reads videos")),

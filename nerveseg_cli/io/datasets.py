@@ -239,11 +239,10 @@ def discover_images(path: str | Path, subject_regex: str | None = None,
 
 def _video_samples(path: Path, allowed: bool) -> list[Sample]:
     """A video's frames as samples (ids frame_000001 ...; the subject: the video's name)."""
-    from nerveseg_cli.io.video import frame_id, probe_video
+    from nerveseg_cli.io.video import frame_id, probe_video, refuse_video
 
     if not allowed:
-        raise NervesegError(f"{path}: a video; only predict reads videos (frame by frame), "
-                            "this command needs image files")
+        refuse_video(path)
     info = probe_video(path)
     return [Sample(frame_id(i), path, None, path.stem, frame=i) for i in range(info.frames)]
 

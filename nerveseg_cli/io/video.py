@@ -29,6 +29,13 @@ def is_video(path: str | Path) -> bool:
     return path.suffix.lower() in VIDEO_SUFFIXES and path.is_file()
 
 
+def refuse_video(path: str | Path) -> None:
+    """Raise for a video given to a command that needs image (or map) files: only predict reads
+    frames."""
+    raise NervesegError(f"{path}: a video; only predict reads videos (frame by frame), "
+                        "this command needs image files")
+
+
 def frame_id(index: int) -> str:
     """The id of frame ``index`` (0-based): ``frame_000001`` for the first."""
     return f"{FRAME_PREFIX}{index + 1:06d}"

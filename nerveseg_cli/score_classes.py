@@ -91,22 +91,19 @@ class ClassScoreReport:
         }
 
     def per_image(self):  # noqa: ANN201  (a pandas DataFrame; pandas loads lazily)
-        import pandas as pd
-
-        tables = []
-        for name, report in self.reports.items():
-            table = report.per_image()
-            table.insert(2, "class", name)
-            tables.append(table)
-        return pd.concat(tables, ignore_index=True)
+        return self._stacked(lambda report: report.per_image(), column=2)
 
     def by_subject(self):  # noqa: ANN201
+        return self._stacked(lambda report: report.by_subject(), column=1)
+
+    def _stacked(self, table_of: Callable[[ScoreReport], Any], column: int):  # noqa: ANN202
+        """Each class's binary table with a ``class`` column inserted at ``column``, stacked."""
         import pandas as pd
 
         tables = []
         for name, report in self.reports.items():
-            table = report.by_subject()
-            table.insert(1, "class", name)
+            table = table_of(report)
+            table.insert(column, "class", name)
             tables.append(table)
         return pd.concat(tables, ignore_index=True)
 

@@ -101,6 +101,23 @@ def _encode_classes(source: str | Path, out: str | Path, *, label: int | None,
     return encode_classes(source, out, **options)
 
 
+def compare_to_ids_from(available: set[str], wanted: list[str], source: str | Path,
+                        ids_from: str | Path | None, allow_missing: bool, noun: str,
+                        extra_noun: str) -> tuple[list[str], list[str]]:
+    """``--ids-from``'s ids without a map (an error unless ``allow_missing``: they are written
+    empty) and the maps it leaves out (a warning), for rle-encode of one class or several."""
+    missing = [i for i in wanted if i not in available]
+    extra = sort_ids(available - set(wanted))
+    if missing and not allow_missing:
+        raise NervesegError(f"{source}: {len(missing)} {noun} of {ids_from} have no prediction "
+                            f"(first: {', '.join(missing[:5])}); pass --allow-missing to "
+                            "write them empty")
+    if extra:
+        warn(f"{source}: {len(extra)} {extra_noun} are not in {ids_from} and were left out "
+             f"(first: {', '.join(extra[:5])})")
+    return missing, extra
+
+
 def _encode_maps(maps: MapSource, post: PostProcess, order: list[str] | None,
                  label: int | None, allow_missing: bool, ids_from: str | Path | None,
                  workers: int) -> tuple[dict[str, str], list[str], list[str]]:
@@ -108,18 +125,8 @@ def _encode_maps(maps: MapSource, post: PostProcess, order: list[str] | None,
     (encoded empty), and the maps not in ``order`` (left out)."""
     source = maps.path
     available = set(maps.ids)
-    missing: list[str] = []
-    extra: list[str] = []
-    if order is not None:
-        missing = [i for i in order if i not in available]
-        extra = sort_ids(available - set(order))
-        if missing and not allow_missing:
-            raise NervesegError(f"{source}: {len(missing)} ids of {ids_from} have no prediction "
-                                f"(first: {', '.join(missing[:5])}); pass --allow-missing to "
-                                "write them empty")
-        if extra:
-            warn(f"{source}: {len(extra)} predictions are not in {ids_from} and were left out "
-                 f"(first: {', '.join(extra[:5])})")
+    missing, extra = ([], []) if order is None else compare_to_ids_from(
+        available, order, source, ids_from, allow_missing, "ids", "predictions")
     ids = [i for i in (order or maps.ids) if i in available]
     reader = MaskReader(label, str(source))
 

@@ -18,8 +18,7 @@ from typing import Any
 import numpy as np
 
 from nerveseg_cli.classes import Classes, write_classes
-from nerveseg_cli.errors import NervesegError, warn
-from nerveseg_cli.io.datasets import sort_ids
+from nerveseg_cli.errors import NervesegError
 from nerveseg_cli.io.outputs import Outputs, atomic_write_text, write_label_map, write_mask
 from nerveseg_cli.io.parallel import thread_map
 from nerveseg_cli.kaggle_csv import (
@@ -36,6 +35,7 @@ from nerveseg_cli.kaggle_csv import (
 from nerveseg_cli.postprocess import PostProcess, resolve_class_posts
 from nerveseg_cli.rle import rle_encode, runs_to_mask
 from nerveseg_cli.sources import ClassSource, open_class_source
+from nerveseg_cli.submission import compare_to_ids_from
 
 
 @dataclass(frozen=True)
@@ -100,15 +100,8 @@ def _images(maps: ClassSource, order: list[tuple[str, int]] | None, allow_missin
     if order is None:
         return maps.ids, [], []
     wanted = list(dict.fromkeys(i for i, _ in order))
-    missing = [i for i in wanted if i not in available]
-    extra = sort_ids(available - set(wanted))
-    if missing and not allow_missing:
-        raise NervesegError(f"{maps.path}: {len(missing)} images of {ids_from} have no "
-                            f"prediction (first: {', '.join(missing[:5])}); pass "
-                            "--allow-missing to write them empty")
-    if extra:
-        warn(f"{maps.path}: {len(extra)} images are not in {ids_from} and were left out "
-             f"(first: {', '.join(extra[:5])})")
+    missing, extra = compare_to_ids_from(available, wanted, maps.path, ids_from, allow_missing,
+                                         "images", "images")
     return [i for i in wanted if i in available], missing, extra
 
 

@@ -173,7 +173,12 @@ def _frames(images: str | Path | None, geometry: Any, options: BenchOptions
         samples = discover_images(images, videos=True)[:options.frames]
         if not samples:
             raise NervesegError(f"{images}: no images")
-        return [load_image(s) for s in samples], str(images)
+        from nerveseg_cli.io.video import close_videos
+
+        try:
+            return [load_image(s) for s in samples], str(images)
+        finally:
+            close_videos()  # a video's decoder: the frames are in memory now
     width, height = options.size or _synthetic_size(geometry)
     if geometry.mode == "pad" and (width > geometry.width or height > geometry.height):
         raise NervesegError(f"--size {width}x{height} does not fit the {geometry.width}x"

@@ -121,8 +121,7 @@ class Engine:
         (N, V) or (N, V, K), or None without a presence head."""
         raise NotImplementedError
 
-    def _split(self, stacked: list[np.ndarray], images: Sequence[np.ndarray], variants: int
-               ) -> list[np.ndarray]:
+    def _split(self, stacked: list[np.ndarray], variants: int) -> list[np.ndarray]:
         if self.info.classes is not None:
             return [s.reshape(variants, -1, *s.shape[1:]) for s in stacked]
         return stacked
@@ -186,7 +185,7 @@ class TorchEngine(Engine):
             stacks = [geometry.backward(stacked[i:i + 1], *image.shape)[0].cpu().numpy()
                       for i, image in enumerate(images)]
             presence_array = torch.stack(presences, 1).cpu().numpy() if presences else None
-        return self._split(stacks, images, len(variants)), presence_array
+        return self._split(stacks, len(variants)), presence_array
 
     def _probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         import torch
@@ -324,7 +323,7 @@ class OnnxEngine(Engine):
         stacks = [geometry.backward_array(stacked[i], *image.shape)
                   for i, image in enumerate(images)]
         presence = np.stack(presences, 1) if presences else None
-        return self._split(stacks, images, len(variants)), presence
+        return self._split(stacks, len(variants)), presence
 
 
 # --------------------------------------------------------------------------------------------

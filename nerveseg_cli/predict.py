@@ -67,14 +67,6 @@ TTA_VARIANTS = {
 }
 
 
-def flip(x: Any, variant: tuple[bool, bool]) -> Any:
-    """A tensor or array flipped over height and/or width (a TTA variant)."""
-    dims = [d for d, on in zip((-2, -1), variant, strict=True) if on]
-    if not dims:
-        return x
-    return np.flip(x, dims) if isinstance(x, np.ndarray) else x.flip(dims)
-
-
 def parse_part(text: str | None) -> tuple[int, int]:
     """``K/N`` (1-based K) -> (k, n); None -> (1, 1)."""
     if not text:

@@ -10,10 +10,11 @@ import pandas as pd
 import pytest
 import torch
 
+from nerveseg_cli.engines import _flip_tensor, flip_array
 from nerveseg_cli.io.datasets import discover_images, write_manifest
 from nerveseg_cli.io.images import read_image
 from nerveseg_cli.io.outputs import write_image
-from nerveseg_cli.predict import TTA_VARIANTS, flip
+from nerveseg_cli.predict import TTA_VARIANTS
 from nerveseg_cli.train import TrainOptions, train
 from tests.conftest import assert_one_line_error, run_cli, synth_with_folds
 
@@ -34,11 +35,16 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def test_flip_variants_are_their_own_inverse() -> None:
+    """Both engines' flips (torch tensors, numpy arrays) undo themselves and agree."""
     x = torch.arange(2 * 3 * 4, dtype=torch.float32).view(1, 2, 3, 4)
     for variants in TTA_VARIANTS.values():
         for variant in variants:
-            assert torch.equal(flip(flip(x, variant), variant), x)
-    assert torch.equal(flip(x, (False, True)), x.flip(-1))
+            assert torch.equal(_flip_tensor(_flip_tensor(x, variant), variant), x)
+            array = x.numpy()
+            np.testing.assert_array_equal(flip_array(flip_array(array, variant), variant), array)
+            np.testing.assert_array_equal(flip_array(array, variant),
+                                          _flip_tensor(x, variant).numpy())
+    assert torch.equal(_flip_tensor(x, (False, True)), x.flip(-1))
 
 
 def test_tta_of_a_flip_equivariant_model_changes_nothing(trained: dict[str, Path],

@@ -15,6 +15,7 @@ multi-class scoring speed.
 
 Run: .venv/bin/python benchmarks/bench_multiclass.py [--epochs 10] [--folds 5] [--size 256]
      [--only cv|score] [--pairs 5000] [--set KEY=VALUE ...] (extra train options)
+     [--jobs 2] (runs at once, the cores shared out) [--work DIR] (keep runs; resumable)
 Data: $NERVESEG_USGRA_DATA or ../shared/data/usgra-seg (part 1 is skipped without it).
 """
 
@@ -55,21 +56,58 @@ def make_folds(data: Path, folds: int, out: Path) -> Path:
     return path
 
 
-def train_run(manifest: Path, fold: int, out: Path, args: argparse.Namespace,
-              task: dict) -> tuple[pd.Series, float, float]:
-    """Train one run; (its best metrics row, its wall time, its median epoch time)."""
+TASKS = {"3-class": {"classes": CLASSES}, "nerve": {"label": 1}, "vessel": {"label": 2}}
+
+
+def train_run(manifest: Path, fold: int, name: str, out: Path, settings: dict) -> dict:
+    """Train one run of a task; its best metrics row, wall time and median epoch time."""
     from nerveseg_cli.train import resolve_train_options, train
 
-    given = {"manifest": str(manifest), "fold": str(fold), "epochs": args.epochs,
-             "size": f"{args.size}x{args.size}", "device": args.device, "workers": 2,
-             **task, **args.extra}
+    given = {"manifest": str(manifest), "fold": str(fold), **settings, **TASKS[name]}
     options = resolve_train_options(given, explicit=set(given)).options
     start = time.perf_counter()
-    train(options, out)
+    train(options, out, overwrite=True)
     wall = time.perf_counter() - start
     metrics = pd.read_csv(out / "metrics.csv")
     best = metrics.loc[metrics["val_dice"].idxmax()]
-    return best, wall, float(metrics["seconds"].median())
+    return {"fold": fold, "task": name, "wall": wall,
+            "epoch_seconds": float(metrics["seconds"].median()),
+            "best": {k: float(v) for k, v in best.items()}}
+
+
+def run_all(manifest: Path, work: Path, args: argparse.Namespace) -> list[dict]:
+    """Every (fold, task) run, ``--jobs`` at a time (each with its share of the cores), runs
+    finished by an earlier call in ``work`` read back from results.jsonl instead of rerun."""
+    import concurrent.futures
+    import multiprocessing
+
+    from nerveseg_cli.device import available_cores
+
+    results_file = work / "results.jsonl"
+    settings = {"epochs": args.epochs, "size": f"{args.size}x{args.size}",
+                "device": args.device, "workers": 2, "save_every": "end",
+                "threads": max(1, available_cores() // args.jobs), **args.extra}
+    key = json.dumps(settings, sort_keys=True)
+    done = [r for r in map(json.loads, results_file.read_text().splitlines())
+            if r["settings"] == key] if results_file.exists() else []
+    todo = [(fold, name) for fold in range(args.folds) for name in TASKS
+            if not any(r["fold"] == fold and r["task"] == name for r in done)]
+    context = multiprocessing.get_context("spawn")  # no fork after torch's threads started
+    with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
+        futures = [pool.submit(train_run, manifest, fold, name, work / f"{name}-{fold}",
+                               settings) for fold, name in todo]
+        for future in concurrent.futures.as_completed(futures):
+            result = {**future.result(), "settings": key}
+            done.append(result)
+            with results_file.open("a") as handle:
+                handle.write(json.dumps(result) + "\n")
+            best = result["best"]
+            classes = (f" (nerve {best['dice_nerve']:.4f}, vessel {best['dice_vessel']:.4f})"
+                       if result["task"] == "3-class" else "")
+            print(f"fold {result['fold']} {result['task']}: best val Dice "
+                  f"{best['val_dice']:.4f}{classes} at epoch {int(best['epoch'])}, "
+                  f"{result['wall']:.0f} s, {result['epoch_seconds']:.1f} s/epoch", flush=True)
+    return sorted(done, key=lambda r: (r["fold"], list(TASKS).index(r["task"])))
 
 
 def cross_validation(args: argparse.Namespace, work: Path) -> list[tuple[str, str, str, str]]:
@@ -78,42 +116,40 @@ def cross_validation(args: argparse.Namespace, work: Path) -> list[tuple[str, st
         print("usgra-seg not found (set NERVESEG_USGRA_DATA); skipping the cross-validation")
         return []
     print(f"using {data}")
+    work.mkdir(parents=True, exist_ok=True)
     manifest = make_folds(data, args.folds, work)
-    tasks = {"3-class": {"classes": CLASSES}, "nerve": {"label": 1}, "vessel": {"label": 2}}
-    figures: dict[str, list] = {"3-class nerve": [], "3-class vessel": [], "binary nerve": [],
-                                "binary vessel": []}
-    wall = {name: 0.0 for name in tasks}
-    epoch = {name: [] for name in tasks}
-    for fold in range(args.folds):
-        for name, task in tasks.items():
-            best, seconds, per_epoch = train_run(manifest, fold, work / f"{name}-{fold}", args,
-                                                 task)
-            wall[name] += seconds
-            epoch[name].append(per_epoch)
-            if name == "3-class":
-                figures["3-class nerve"].append(best["dice_nerve"])
-                figures["3-class vessel"].append(best["dice_vessel"])
-            else:
-                figures[f"binary {name}"].append(best["val_dice"])
-            classes = (f" (nerve {best['dice_nerve']:.4f}, vessel {best['dice_vessel']:.4f})"
-                       if name == "3-class" else "")
-            print(f"fold {fold} {name}: best val Dice {best['val_dice']:.4f}{classes} at "
-                  f"epoch {int(best['epoch'])}, {seconds:.0f} s, {per_epoch:.1f} s/epoch",
-                  flush=True)
+    results = run_all(manifest, work, args)
+    figures: dict[str, list[float]] = {"3-class nerve": [], "3-class vessel": [],
+                                       "binary nerve": [], "binary vessel": []}
+    wall = dict.fromkeys(TASKS, 0.0)
+    epoch: dict[str, list[float]] = {name: [] for name in TASKS}
+    for result in results:
+        name, best = result["task"], result["best"]
+        wall[name] += result["wall"]
+        epoch[name].append(result["epoch_seconds"])
+        if name == "3-class":
+            figures["3-class nerve"].append(best["dice_nerve"])
+            figures["3-class vessel"].append(best["dice_vessel"])
+        else:
+            figures[f"binary {name}"].append(best["val_dice"])
     mean = {k: float(np.mean(v)) for k, v in figures.items()}
     binary_wall = wall["nerve"] + wall["vessel"]
     binary_epoch = float(np.median(epoch["nerve"] + epoch["vessel"]))
     class_epoch = float(np.median(epoch["3-class"]))
     print(json.dumps({"mean_dice": mean, "per_fold": figures, "wall_s": wall,
                       "epoch_s": {"3-class": class_epoch, "binary": binary_epoch}}, indent=1))
+    wins = {c: sum(a >= b for a, b in zip(figures[f"3-class {c}"], figures[f"binary {c}"],
+                                          strict=True)) for c in ("nerve", "vessel")}
     setting = f"{args.folds}-fold, {args.epochs} epochs, {args.size}px"
     return [
         (f"usgra nerve Dice ({setting})", f"{mean['3-class nerve']:.4f} (3-class)",
          f"{mean['binary nerve']:.4f} (binary)",
-         f"{mean['3-class nerve'] - mean['binary nerve']:+.4f} (target >= 0)"),
+         f"{mean['3-class nerve'] - mean['binary nerve']:+.4f} (target >= 0; 3-class ahead "
+         f"or level in {wins['nerve']} folds of {args.folds})"),
         (f"usgra vessel Dice ({setting})", f"{mean['3-class vessel']:.4f} (3-class)",
          f"{mean['binary vessel']:.4f} (binary)",
-         f"{mean['3-class vessel'] - mean['binary vessel']:+.4f} (target >= 0)"),
+         f"{mean['3-class vessel'] - mean['binary vessel']:+.4f} (target >= 0; 3-class ahead "
+         f"or level in {wins['vessel']} folds of {args.folds})"),
         ("usgra training wall time", f"{wall['3-class']:.0f} s (one 3-class model)",
          f"{binary_wall:.0f} s (two binary)",
          f"{wall['3-class'] / binary_wall:.2f}x (target ~0.5x)"),
@@ -172,6 +208,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--pairs", type=int, default=5000)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--only", choices=("cv", "score"))
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs trained at once, each with its share of the cores")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="keep the runs here; a second call reuses the finished ones")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
     args.extra = {}
@@ -189,7 +229,7 @@ def main() -> None:
         if args.only in (None, "score"):
             rows += score_speed(args, work / "score")
         if args.only in (None, "cv"):
-            rows += cross_validation(args, work / "cv")
+            rows += cross_validation(args, args.work or work / "cv")
     report(rows)
 
 

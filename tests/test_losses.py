@@ -15,6 +15,8 @@ from nerveseg_cli.train.losses import (
     focal_loss,
     lovasz_hinge_loss,
     make_loss,
+    softmax_dice_loss,
+    softmax_tversky_loss,
     tversky_loss,
 )
 
@@ -91,3 +93,50 @@ def test_ems_targets_match_seed_definition() -> None:
     got = erosion_smoothed_targets(torch.from_numpy(mask).float().view(1, 1, 20, 20), 9, eps)
     np.testing.assert_allclose(got[0, 0].numpy(), expected, atol=1e-6)
     assert (erosion_smoothed_targets(torch.ones(1, 1, 4, 4), 0, 0.1) == 1).all()
+
+
+def _reference_class_dice(prob: np.ndarray, target: np.ndarray) -> float:
+    """Soft Dice loss per (image, class) in plain numpy, summed over classes, mean over images:
+    prob and target are (N, K, P) for the K foreground classes."""
+    inter = (prob * target).sum(2)
+    per_pair = 1 - (2 * inter + 1) / (prob.sum(2) + target.sum(2) + 1)
+    return float(per_pair.sum(1).mean())
+
+
+def test_softmax_dice_sums_the_foreground_classes_against_a_reference() -> None:
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 4, 5, 6, generator=generator, dtype=torch.float64)
+    labels = torch.randint(0, 4, (3, 5, 6), generator=generator)
+    labels[1][labels[1] == 2] = 0  # image 1 lacks class 2: it pays for the mass painted there
+    target = torch.nn.functional.one_hot(labels, 4).permute(0, 3, 1, 2).to(torch.float64)
+    prob = torch.softmax(logits, 1).numpy()
+    expected = _reference_class_dice(prob[:, 1:].reshape(3, 3, -1),
+                                     target.numpy()[:, 1:].reshape(3, 3, -1))
+    assert float(softmax_dice_loss(logits, target)) == pytest.approx(expected, rel=1e-12)
+    assert float(softmax_tversky_loss(logits, target)) == pytest.approx(expected, rel=1e-12)
+
+
+def test_one_foreground_class_is_the_binary_loss() -> None:
+    """A softmax over (background, class) with logits (0, z) is sigmoid(z): every loss of the
+    softmax and of --multilabel equals the binary one on one foreground class."""
+    generator = torch.Generator().manual_seed(1)
+    z = torch.randn(4, 1, 6, 7, generator=generator, dtype=torch.float64)
+    truth = (torch.rand(4, 1, 6, 7, generator=generator) > 0.6).to(torch.float64)
+    truth[2] = 0  # an empty image
+    two_channel = torch.cat([torch.zeros_like(z), z], 1)
+    one_hot = torch.cat([1 - truth, truth], 1)
+    binary = make_loss("bce+dice")(z, truth)
+    assert float(make_loss("bce+dice", mode="softmax")(two_channel, one_hot)) == \
+        pytest.approx(float(binary), rel=1e-6)
+    assert float(make_loss("bce+dice", mode="multilabel")(z, truth)) == \
+        pytest.approx(float(binary), rel=1e-6)
+
+
+def test_multilabel_losses_are_each_class_binary_loss_summed() -> None:
+    generator = torch.Generator().manual_seed(2)
+    logits = torch.randn(3, 2, 5, 5, generator=generator, dtype=torch.float64)
+    target = (torch.rand(3, 2, 5, 5, generator=generator) > 0.5).to(torch.float64)
+    for name in ("dice", "bce", "focal", "tversky"):
+        combined = make_loss(name, mode="multilabel")(logits, target)
+        each = sum(make_loss(name)(logits[:, k:k + 1], target[:, k:k + 1]) for k in range(2))
+        assert float(combined) == pytest.approx(float(each), rel=1e-6), name

@@ -105,3 +105,36 @@ def test_sgd_without_momentum_is_not_nesterov() -> None:
 def test_unknown_optimizer() -> None:
     with pytest.raises(NervesegError, match="--optimizer 'lion': use adamw, adam, sgd or rmsprop"):
         make_optimizer(TrainOptions(optimizer="lion"), [torch.nn.Parameter(torch.zeros(1))])
+
+
+@pytest.mark.parametrize("name,kind", [("adamw", torch.optim.AdamW), ("adam", torch.optim.Adam)])
+def test_adam_family_is_fused_and_updates_as_the_reference(name: str, kind: type) -> None:
+    """The factory takes the fused kernel where this torch has one for the CPU, and its
+    updates are torch's reference implementation's (up to rounding)."""
+    torch.manual_seed(0)
+    start = torch.randn(64, 32)
+    ours = torch.nn.Parameter(start.clone())
+    reference = torch.nn.Parameter(start.clone())
+    options = TrainOptions(optimizer=name, lr=0.01, weight_decay=0.01)
+    optimizer = make_optimizer(options, [ours])
+    plain = kind([reference], lr=0.01, weight_decay=0.01, foreach=False)
+    fused_on_cpu = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 4)
+    assert optimizer.param_groups[0]["fused"] is (True if fused_on_cpu else None)
+    for step in range(5):
+        grad = torch.randn_like(start, generator=torch.Generator().manual_seed(step))
+        ours.grad, reference.grad = grad.clone(), grad.clone()
+        optimizer.step()
+        plain.step()
+    torch.testing.assert_close(ours.detach(), reference.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_fused_state_loads_into_an_unfused_optimizer_and_back() -> None:
+    """state.pt of a run saved with either implementation resumes with the other."""
+    param = torch.nn.Parameter(torch.ones(4))
+    fused = make_optimizer(TrainOptions(), [param])
+    param.grad = torch.ones(4)
+    fused.step()
+    plain = torch.optim.AdamW([param], lr=2e-3, weight_decay=1e-4)
+    plain.load_state_dict(fused.state_dict())
+    fused.load_state_dict(plain.state_dict())
+    torch.testing.assert_close(plain.state[param]["exp_avg"], fused.state[param]["exp_avg"])

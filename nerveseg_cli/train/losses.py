@@ -4,6 +4,13 @@ Per-image Dice matters for the Kaggle metric: an image without a nerve must cost
 the model paints one. A batch-level Dice (or one that skips empty targets) lets false positives
 on empty images go unpunished.
 
+With several classes the per-class losses (Dice and Tversky of the softmax, every loss under
+``--multilabel``) are summed over the foreground classes, not averaged. The cross-entropy's
+gradient on each class's logit is already the binary one (p - y), so the sum gives each class
+the loss mix of its own binary model, and one foreground class is the binary task exactly.
+Averaging halved each class's Dice against the cross-entropy with two classes, and trailed two
+binary models on both classes on usgra-seg (docs/performance.md, "Several classes").
+
 Seed numbers ("seed 003") refer to the papers listed in docs/models.md, "The seed papers".
 """
 
@@ -76,13 +83,14 @@ def lovasz_hinge_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tenso
 
 
 def softmax_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Multi-class soft Dice per image and foreground class (channel 0 is the background),
-    averaged: each class of each image counts once, and an image without the class costs the
-    probability mass painted there, as the Kaggle metric's empty-on-empty rule asks."""
+    """Multi-class soft Dice per image and foreground class (channel 0 is the background):
+    an image without the class costs the probability mass painted there, as the Kaggle
+    metric's empty-on-empty rule asks. Summed over the classes, averaged over the images: each
+    class's Dice weighs what it weighs in a binary model of that class (module note)."""
     prob = torch.softmax(logits, dim=1)[:, 1:].flatten(2)
     target = target[:, 1:].flatten(2)
     inter = (prob * target).sum(2)
-    return (1 - (2 * inter + SMOOTH) / (prob.sum(2) + target.sum(2) + SMOOTH)).mean()
+    return (1 - (2 * inter + SMOOTH) / (prob.sum(2) + target.sum(2) + SMOOTH)).sum(1).mean()
 
 
 def softmax_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -101,20 +109,22 @@ def softmax_focal_loss(logits: torch.Tensor, target: torch.Tensor,
 
 def softmax_tversky_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.5,
                          beta: float = 0.5) -> torch.Tensor:
-    """Tversky loss per image and foreground class on the softmax probabilities."""
+    """Tversky loss per image and foreground class on the softmax probabilities, summed over
+    the classes as :func:`softmax_dice_loss`."""
     prob = torch.softmax(logits, dim=1)[:, 1:].flatten(2)
     target = target[:, 1:].flatten(2)
     tp = (prob * target).sum(2)
     fp = (prob * (1 - target)).sum(2)
     fn = ((1 - prob) * target).sum(2)
-    return (1 - (tp + SMOOTH / 2) / (tp + alpha * fp + beta * fn + SMOOTH / 2)).mean()
+    return (1 - (tp + SMOOTH / 2) / (tp + alpha * fp + beta * fn + SMOOTH / 2)).sum(1).mean()
 
 
 def per_class(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
               ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """A binary loss applied to each class channel as its own image (--multilabel)."""
-    return lambda logits, target: loss(logits.flatten(0, 1).unsqueeze(1),
-                                       target.flatten(0, 1).unsqueeze(1))
+    """A binary loss applied to each class channel as its own image (--multilabel), summed
+    over the classes (the loss over every (image, class) pair times the class count)."""
+    return lambda logits, target: logits.shape[1] * loss(logits.flatten(0, 1).unsqueeze(1),
+                                                         target.flatten(0, 1).unsqueeze(1))
 
 
 LOSSES = ("dice", "bce", "focal", "tversky", "lovasz")

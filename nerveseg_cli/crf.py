@@ -60,6 +60,7 @@ from nerveseg_cli.probmaps import (
     check_resume,
     is_class_folder,
     read_class_folders,
+    read_prediction_json,
     read_probability_folder,
     read_probability_values,
     write_prediction_json,
@@ -401,6 +402,9 @@ def _refine_all(plan: _CrfPlan, out: Path, workers: int,
     """Refine the ``todo`` maps into ``out``, with presence and provenance."""
     options = asdict(plan.params)
     folder = next(iter(plan.members.values()))
+    # the input's own provenance: its top-level prediction.json when it holds several classes
+    upstream = folder.prediction if plan.classes is None else \
+        read_prediction_json(plan.inputs["probabilities"])
     if plan.classes is not None:
         write_classes(out, plan.classes)
         for name in plan.members:
@@ -411,7 +415,7 @@ def _refine_all(plan: _CrfPlan, out: Path, workers: int,
                      folder.sizes[i], plan.params) for i in plan.todo]
     # Written first as incomplete, so an interrupted folder says what it is and a --resume
     # with other options is refused; rewritten as complete at the end.
-    write_prediction_json(out, "crf", plan.inputs, options, upstream=folder.prediction,
+    write_prediction_json(out, "crf", plan.inputs, options, upstream=upstream,
                           extra={"complete": False, "images": len(folder.ids)})
     if progress and plan.done:
         progress(len(plan.done))
@@ -422,6 +426,6 @@ def _refine_all(plan: _CrfPlan, out: Path, workers: int,
         if name:  # each class folder says what it is, for the binary tools that read it
             write_prediction_json(out / name, "crf", plan.inputs, options,
                                   upstream=member.prediction, extra={"class": name})
-    write_prediction_json(out, "crf", plan.inputs, options, upstream=folder.prediction,
+    write_prediction_json(out, "crf", plan.inputs, options, upstream=upstream,
                           extra={"complete": True, "images": len(folder.ids),
                                  "skipped_on_resume": len(plan.done)})

@@ -32,6 +32,7 @@ from nerveseg_cli.probmaps import (
     ProbabilityFolder,
     is_class_folder,
     read_class_folders,
+    read_prediction_json,
     read_probability_folder,
     read_probability_values,
     write_prediction_json,
@@ -160,6 +161,7 @@ def _ensemble_classes(paths: Sequence[Path], folder: Path, final: Path, rule: Me
     write_classes(folder, classes)
     write_prediction_json(folder, "ensemble", {"members": [str(p) for p in paths]},
                           _options_record(rule, allow_missing),
+                          upstream=[read_prediction_json(p) for p in paths],
                           extra={"classes": list(classes.names)})
     first = results[0]
     weights = [r.mean_weights for r in results if r.mean_weights is not None]

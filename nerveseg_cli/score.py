@@ -29,7 +29,7 @@ from nerveseg_cli.postprocess import (
     write_postprocess,
 )
 from nerveseg_cli.records import json_text
-from nerveseg_cli.sources import MapSource, open_source
+from nerveseg_cli.sources import ClassSource, MapSource, open_source
 
 N_LEVELS = 256
 
@@ -260,8 +260,11 @@ class ScoreReport:
                                   ignore_index=True)
 
 
-def _match_ids(pred: MapSource, gt: MapSource, allow_missing: bool) -> tuple[list[str],
-                                                                            list[str]]:
+def match_ids(pred: MapSource | ClassSource, gt: MapSource | ClassSource,
+              allow_missing: bool) -> tuple[list[str], list[str]]:
+    """The ids to score (the ground truth's) and those without a prediction; ids on either
+    side only are an error unless ``allow_missing`` (predictions without ground truth are
+    then ignored, with a warning)."""
     pred_ids, gt_ids = set(pred.ids), set(gt.ids)
     only_gt = sort_ids(gt_ids - pred_ids)
     only_pred = sort_ids(pred_ids - gt_ids)
@@ -294,7 +297,7 @@ def score(pred: str | Path, gt: str | Path, *, threshold: float | None = None,
     pred_source = open_source(pred, size, subject_regex)
     pred_source.gate_by_presence(presence_threshold, presence_from)
     gt_source = open_source(gt, size, subject_regex)
-    ids, missing = _match_ids(pred_source, gt_source, allow_missing)
+    ids, missing = match_ids(pred_source, gt_source, allow_missing)
     if not ids:
         raise NervesegError(f"{gt}: no ground-truth images to score")
     missing_set = set(missing)

@@ -24,7 +24,6 @@ import numpy as np
 from nerveseg_cli.classes import Classes
 from nerveseg_cli.drawing import class_overlay
 from nerveseg_cli.errors import NervesegError
-from nerveseg_cli.io.datasets import sort_ids
 from nerveseg_cli.io.outputs import Outputs, atomic_write_text
 from nerveseg_cli.io.parallel import thread_map
 from nerveseg_cli.postprocess import (
@@ -41,6 +40,7 @@ from nerveseg_cli.score import (
     ScoreReport,
     counts_from_histograms,
     frange,
+    match_ids,
     min_area_grid,
     sweep,
     value_histograms,
@@ -235,14 +235,9 @@ def confusion_matrix(truth: np.ndarray, predicted: np.ndarray, count: int) -> np
 
 def _match(pred: ClassSource, gt: ClassSource, allow_missing: bool
            ) -> tuple[list[str], list[str]]:
-    only_gt = sort_ids(set(gt.ids) - set(pred.ids))
-    if only_gt and not allow_missing:
-        raise NervesegError(f"{pred.path} vs {gt.path}: {len(only_gt)} ground-truth ids have no "
-                            f"prediction (first: {', '.join(only_gt[:5])}); pass "
-                            "--allow-missing to score missing predictions as empty")
     if not gt.ids:
         raise NervesegError(f"{gt.path}: no ground-truth images to score")
-    return gt.ids, only_gt
+    return match_ids(pred, gt, allow_missing)
 
 
 # --------------------------------------------------------------------------------------------

@@ -236,6 +236,9 @@ def test_predict_masks_take_a_postprocess_json_per_class(chain: dict[str, Any],
 def test_ensemble_merges_each_class_alone(chain: dict[str, Any]) -> None:
     root = chain["root"]
     assert json.loads((root / "ens" / "classes.json").read_text())["classes"] == list(NAMES)
+    upstream = json.loads((root / "ens" / "prediction.json").read_text())["upstream"]
+    assert upstream == [json.loads((root / member / "prediction.json").read_text())
+                        for member in ("p0", "p1")]
     for sample_id in TRAIN_IDS:
         mean = (class_values(root / "p0", sample_id).astype(float)
                 + class_values(root / "p1", sample_id)) / 2
@@ -246,7 +249,12 @@ def test_ensemble_merges_each_class_alone(chain: dict[str, Any]) -> None:
 def test_crf_keeps_the_class_folders(chain: dict[str, Any]) -> None:
     out = chain["root"] / "crf"
     assert json.loads((out / "classes.json").read_text())["classes"] == list(NAMES)
-    assert json.loads((out / "prediction.json").read_text())["command"] == "crf"
+    record = json.loads((out / "prediction.json").read_text())
+    assert record["command"] == "crf"
+    # provenance chains to the input's own prediction.json, not to one of its class folders
+    upstream = json.loads((Path(record["inputs"]["probabilities"]) / "prediction.json")
+                          .read_text())
+    assert record["upstream"] == upstream and "class" not in record["upstream"]
     for name in NAMES[1:]:
         assert sorted(p.stem for p in (out / name).glob("*.png")) == sorted(TRAIN_IDS)
     for sample_id in TRAIN_IDS:

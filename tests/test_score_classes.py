@@ -364,6 +364,22 @@ def test_missing_predictions_are_refused_unless_allowed(data: Data, tmp_path: Pa
     assert report.reports["nerve"].missing_predictions == ["1_1"]
 
 
+def test_predictions_without_truth_are_refused_unless_allowed(data: Data,
+                                                              tmp_path: Path) -> None:
+    """As with one class: an id the ground truth lacks is an error, or ignored with a warning
+    under --allow-missing (the figures are those of the ids with ground truth)."""
+    truth = write_label_folder(tmp_path / "gt", data.ids[1:], data.labels[1:])
+    pred = write_class_folder(tmp_path / "pred", CLASSES, data.ids, data.values)
+    with pytest.raises(NervesegError, match=r"1 predictions have no ground truth \(first: "
+                                            r"1_1\); pass --allow-missing"):
+        score_classes(pred, truth, size=SIZE)
+    with pytest.warns(UserWarning, match="1 predictions have no ground truth and are ignored"):
+        report = score_classes(pred, truth, size=SIZE, allow_missing=True)
+    k = len(CLASSES.foreground)
+    assert_matches(report, reference_score(data.values[1:], data.labels[1:], [0.5] * k,
+                                           [0] * k), data.ids[1:])
+
+
 def test_truth_of_other_classes_is_refused(data: Data, tmp_path: Path) -> None:
     other = Classes.parse("background,nerve,vein,artery")
     masks = one_hot(data.labels, other.count)

@@ -115,3 +115,16 @@ def parse_classes(text: str | None) -> Classes | None:
 def class_names(classes: Classes | None) -> Sequence[str]:
     """The foreground names a binary task writes no folder for: none (one flat folder)."""
     return () if classes is None or classes.binary else classes.foreground
+
+
+def refuse_one_class_options(what: str, *, label: int | None,
+                             presence_threshold: float | None,
+                             presence_from: str | Path | None) -> None:
+    """Options that pick or gate one class make no sense with several: score and rle-encode
+    refuse them with the same words (``what``: "scored", "encoded")."""
+    if label is not None:
+        raise NervesegError("--label takes one class of a label map; with several classes "
+                            f"every class is {what} (drop --label)")
+    if presence_threshold is not None or presence_from is not None:
+        raise NervesegError("presence gating (--presence-threshold, --presence-from) takes one "
+                            "class; with several, predict gates each class by its own presence")

@@ -90,14 +90,11 @@ def encode_folder(source: str | Path, out: str | Path, *, fmt: str | None = None
 def _encode_classes(source: str | Path, out: str | Path, *, label: int | None,
                     presence_threshold: float | None, presence_from: str | Path | None,
                     **options: Any) -> ClassEncodeResult:
+    from nerveseg_cli.classes import refuse_one_class_options
     from nerveseg_cli.submission_classes import encode_classes
 
-    if label is not None:
-        raise NervesegError("--label takes one class of a label map; with several classes "
-                            "every class is encoded (drop --label)")
-    if presence_threshold is not None or presence_from is not None:
-        raise NervesegError("presence gating takes one class; with several, predict gates "
-                            "each class by its own presence")
+    refuse_one_class_options("encoded", label=label, presence_threshold=presence_threshold,
+                             presence_from=presence_from)
     return encode_classes(source, out, **options)
 
 

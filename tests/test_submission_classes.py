@@ -253,8 +253,8 @@ def test_binary_formats_are_refused_for_several_classes(
 
 @pytest.mark.parametrize(("option", "fragment"), [
     ({"label": 1}, "--label takes one class"),
-    ({"presence_threshold": 0.5}, "presence gating takes one class"),
-    ({"presence_from": "presence.csv"}, "presence gating takes one class"),
+    ({"presence_threshold": 0.5}, "predict gates each class by its own presence"),
+    ({"presence_from": "presence.csv"}, "predict gates each class by its own presence"),
 ])
 def test_label_and_presence_are_refused_for_several_classes(
         tmp_path: Path, option: dict, fragment: str,
@@ -268,7 +268,7 @@ def test_label_and_presence_are_refused_for_a_class_folder(tmp_path: Path) -> No
     folder = write_class_folder(tmp_path / "probs", CLASSES, values)
     with pytest.raises(NervesegError, match="--label takes one class"):
         encode_folder(folder, tmp_path / "sub.csv", label=2, size=SIZE)
-    with pytest.raises(NervesegError, match="presence gating takes one class"):
+    with pytest.raises(NervesegError, match="predict gates each class by its own presence"):
         encode_folder(folder, tmp_path / "sub.csv", presence_threshold=0.2, size=SIZE)
     assert not (tmp_path / "sub.csv").exists()
 

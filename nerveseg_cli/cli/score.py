@@ -192,15 +192,11 @@ def _score_classes(pred: Path, gt: Path, declared: Classes | None, targets: Scor
                    sweep_min_area: str | None, overwrite: bool, workers: int,
                    json_output: bool) -> None:
     """score with several classes (the command's options, passed on as they are)."""
-    from nerveseg_cli.errors import NervesegError
+    from nerveseg_cli.classes import refuse_one_class_options
     from nerveseg_cli.score_classes import score_classes, write_class_score_outputs
 
-    if label is not None:
-        raise NervesegError("--label takes one class of a label map; with several classes "
-                            "every class is scored (drop --label)")
-    if presence_threshold is not None or presence_from is not None:
-        raise NervesegError("presence gating (--presence-threshold, --presence-from) takes one "
-                            "class; with several, predict gates each class by its own presence")
+    refuse_one_class_options("scored", label=label, presence_threshold=presence_threshold,
+                             presence_from=presence_from)
     with progress_bar(None, "score") as advance:
         report = score_classes(pred, gt, classes=declared, threshold=threshold,
                                min_area=min_area, postprocess=postprocess, size=dims,

@@ -161,8 +161,17 @@ def test_dedupe_counts_each_class(chain: dict[str, Any]) -> None:
     assert [r[0] for r in rows[1:]] == TRAIN_IDS
 
 
+def test_dedupe_table_says_any_class_not_a_nerve(chain: dict[str, Any],
+                                                 tmp_path: Path) -> None:
+    table = ok("dedupe", chain["train"], "--classes", "3", "--out", tmp_path / "dd",
+               "--workers", "1").stdout
+    assert "with any class" in table and "with a nerve" not in table
+    assert "with each class" in table
+
+
 def test_split_reports_each_class(chain: dict[str, Any]) -> None:
     assert "% class1" in chain["split_table"] and "% class2" in chain["split_table"]
+    assert "any class %" in chain["split_table"] and "positive %" not in chain["split_table"]
     rows = read_rows(chain["root"] / "folds.csv")
     header = rows[0]
     folds = {r[0]: int(r[header.index("fold")]) for r in rows[1:]}

@@ -112,13 +112,21 @@ def dedupe_command(
         print_json(summary)
     else:
         stdout.print(key_value_table(f"dedupe: {images}",
-                                     {SUMMARY_LABELS[k]: _shown(v) for k, v in summary.items()}))
+                                     {_label(k, summary): _shown(v) for k, v in summary.items()}))
         stderr.print(f"wrote {out / 'manifest.csv'}, duplicates.csv and summary.json"
                      + (f", {summary['propagated']} masks in {out / 'masks'}"
                         if summary["propagated"] else ""), markup=False)
         if montage is not None:
             stderr.print(f"wrote {montage} ({written.montage_pairs} of "
                          f"{written.conflicting_pairs} conflicting pairs)", markup=False)
+
+
+def _label(key: str, summary: dict) -> str:
+    """A summary key's row label; with several classes an image "with a nerve" is one with
+    any class (each class has its own row)."""
+    if key == "with_nerve" and "with_each_class" in summary:
+        return "with any class"
+    return SUMMARY_LABELS[key]
 
 
 def _shown(value: object) -> object:

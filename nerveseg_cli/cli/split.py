@@ -139,7 +139,9 @@ def _fold_table(rows: list[FoldRow]) -> Table:
     """One row per fold; with label maps, a "% NAME" column per class."""
     table = Table()
     names = list(rows[0].class_positives or {}) if rows else []
-    for column in ("fold", "images", "subjects", "positive %", *(f"% {n}" for n in names),
+    # with several classes an image is positive when it holds any class; each has its column
+    positive = "any class %" if names else "positive %"
+    for column in ("fold", "images", "subjects", positive, *(f"% {n}" for n in names),
                    "mean mask area"):
         table.add_column(column, justify="right")
     for row in rows:

@@ -403,8 +403,8 @@ def _refine_all(plan: _CrfPlan, out: Path, workers: int,
     options = asdict(plan.params)
     folder = next(iter(plan.members.values()))
     # the input's own provenance: its top-level prediction.json when it holds several classes
-    upstream = folder.prediction if plan.classes is None else \
-        read_prediction_json(plan.inputs["probabilities"])
+    upstream = (folder.prediction if plan.classes is None
+                else read_prediction_json(plan.inputs["probabilities"]))
     if plan.classes is not None:
         write_classes(out, plan.classes)
         for name in plan.members:

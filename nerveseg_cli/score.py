@@ -264,7 +264,10 @@ def match_ids(pred: MapSource | ClassSource, gt: MapSource | ClassSource,
               allow_missing: bool) -> tuple[list[str], list[str]]:
     """The ids to score (the ground truth's) and those without a prediction; ids on either
     side only are an error unless ``allow_missing`` (predictions without ground truth are
-    then ignored, with a warning)."""
+    then ignored, with a warning). No ground truth at all is an error first: --allow-missing
+    could not help."""
+    if not gt.ids:
+        raise NervesegError(f"{gt.path}: no ground-truth images to score")
     pred_ids, gt_ids = set(pred.ids), set(gt.ids)
     only_gt = sort_ids(gt_ids - pred_ids)
     only_pred = sort_ids(pred_ids - gt_ids)
@@ -298,8 +301,6 @@ def score(pred: str | Path, gt: str | Path, *, threshold: float | None = None,
     pred_source.gate_by_presence(presence_threshold, presence_from)
     gt_source = open_source(gt, size, subject_regex)
     ids, missing = match_ids(pred_source, gt_source, allow_missing)
-    if not ids:
-        raise NervesegError(f"{gt}: no ground-truth images to score")
     missing_set = set(missing)
     reader = MaskReader(label, str(gt))
     # Palette-PNG predictions are label maps too; an empty prediction set is no error, so this

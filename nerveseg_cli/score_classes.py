@@ -129,7 +129,7 @@ def score_classes(pred: str | Path, gt: str | Path, *, classes: Classes | None =
     if gt_source.kind != "labels":
         gt_source.classes.check_same(classes, str(gt), str(pred))
     posts = resolve_class_posts(classes.foreground, threshold, min_area, postprocess)
-    ids, missing = _match(pred_source, gt_source, allow_missing)
+    ids, missing = match_ids(pred_source, gt_source, allow_missing)
     pairs = list(thread_map(_Pair(pred_source, gt_source, set(missing), posts, progress),
                             ids, workers))
     confusion = sum((p[2] for p in pairs), np.zeros((classes.count,) * 2, np.int64))
@@ -231,13 +231,6 @@ def confusion_matrix(truth: np.ndarray, predicted: np.ndarray, count: int) -> np
     """(count, count) pixel counts: true class (rows) by predicted class (columns)."""
     codes = truth.astype(np.uint16) * np.uint16(count) + predicted  # count <= 255
     return np.bincount(codes.ravel(), minlength=count * count).reshape(count, count)
-
-
-def _match(pred: ClassSource, gt: ClassSource, allow_missing: bool
-           ) -> tuple[list[str], list[str]]:
-    if not gt.ids:
-        raise NervesegError(f"{gt.path}: no ground-truth images to score")
-    return match_ids(pred, gt, allow_missing)
 
 
 # --------------------------------------------------------------------------------------------

@@ -110,6 +110,18 @@ def test_extra_predictions_are_an_error_too(synth_root: Path, tmp_path: Path) ->
                           "1 predictions have no ground truth", "9_9")
 
 
+def test_empty_ground_truth_is_said_before_unmatched_predictions(synth_root: Path,
+                                                                 tmp_path: Path) -> None:
+    """No ground truth at all: --allow-missing cannot help, so that is the error, with it or
+    without it, rather than the predictions lacking ground truth."""
+    truth = tmp_path / "truth.csv"
+    truth.write_text("img,pixels\n")
+    for extra in ((), ("--allow-missing",)):
+        result = run_cli("score", synth_root / "train_masks.csv", truth, "--size", "64x48",
+                         *extra)
+        assert_one_line_error(result, str(truth), "no ground-truth images to score")
+
+
 def test_size_mismatch_names_file(synth_root: Path, tmp_path: Path) -> None:
     probs = noisy_probabilities(synth_root, tmp_path / "probs")
     write_image(probs / "1_2.png", np.zeros((10, 10), np.uint8))

@@ -51,8 +51,9 @@ def make_folds(data: Path, folds: int, out: Path) -> Path:
     from nerveseg_cli.classes import Classes
     from nerveseg_cli.split import split, write_split
 
-    path = out / "folds.csv"
-    write_split(split(data, folds=folds, seed=0, classes=Classes.parse(CLASSES)), path)
+    path = out / "folds.csv"  # the same folds on every call (seed 0), so --work can resume
+    write_split(split(data, folds=folds, seed=0, classes=Classes.parse(CLASSES)), path,
+                overwrite=True)
     return path
 
 

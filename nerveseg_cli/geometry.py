@@ -71,8 +71,29 @@ class Geometry:
         return self.forward(mask.astype(np.uint8), cv2.INTER_NEAREST)
 
     def forward_labels(self, labels: np.ndarray) -> np.ndarray:
-        """A label map at the network's size: class indices never blend (nearest)."""
-        return self.forward(labels.astype(np.uint8), cv2.INTER_NEAREST)
+        """A label map at the network's size, each class resampled as :meth:`forward_mask`
+        resamples a binary mask (two classes give exactly its mask).
+
+        Each present class's indicator is resized linearly; a pixel takes the foreground class
+        of the largest share if that share beats the background's (what the classes leave), as
+        a binary mask's pixel is set above one half. Nearest-neighbour resizing would shift the
+        targets by (scale - 1) / 2 source pixels against the area-resized image and alias
+        their outlines, which a binary model's targets never were.
+        """
+        labels = labels.astype(np.uint8)
+        if self.mode != "resize" or labels.shape == (self.height, self.width):
+            return self.forward(labels, cv2.INTER_NEAREST)
+        size = (self.width, self.height)
+        best = np.zeros((self.height, self.width), np.int16)
+        best_class = np.zeros((self.height, self.width), np.uint8)
+        total = np.zeros((self.height, self.width), np.int16)
+        for value in np.flatnonzero(np.bincount(labels.ravel())[1:]) + 1:
+            share = cv2.resize((labels == value).astype(np.uint8) * 255, size,
+                               interpolation=cv2.INTER_LINEAR).astype(np.int16)
+            larger = share > best
+            best[larger], best_class[larger] = share[larger], value
+            total += share
+        return np.where(best > 255 - total, best_class, 0).astype(np.uint8)
 
     def backward(self, probs: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Map (N, 1, H', W') network-size probabilities back to an original height x width."""

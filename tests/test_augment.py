@@ -65,3 +65,37 @@ def test_parse_amount() -> None:
     for bad in ("x", "1:2", "-1", "1:0.5:3"):
         with pytest.raises(NervesegError):
             parse_amount(bad, "--rotate")
+
+
+GEOMETRIC = AugmentConfig(hflip=0.5, rotate=(30.0, 1.0), scale=(0.2, 1.0))
+
+
+def test_two_class_label_maps_move_exactly_as_binary_masks() -> None:
+    images, masks = batch()
+    _, binary = augment_batch(images, masks, GEOMETRIC, torch.Generator().manual_seed(4))
+    _, labels = augment_batch(images, masks, GEOMETRIC, torch.Generator().manual_seed(4),
+                              labels=True)
+    assert torch.equal(labels, binary)
+
+
+def test_label_maps_move_each_class_as_its_own_mask_and_keep_their_values() -> None:
+    images, _ = batch()
+    nerve = torch.zeros(16, 1, 24, 32)
+    nerve[:, :, 8:16, 3:9] = 1
+    vessel = torch.zeros(16, 1, 24, 32)
+    vessel[:, :, 8:16, 22:29] = 1  # 13 pixels from the nerve: no output pixel sees both
+    labels = nerve + 3 * vessel  # classes 1 and 3, class 2 absent
+    _, moved = augment_batch(images, labels, GEOMETRIC, torch.Generator().manual_seed(5),
+                             labels=True)
+    assert set(moved.unique().tolist()) <= {0.0, 1.0, 3.0}
+    for value, mask in ((1, nerve), (3, vessel)):
+        _, alone = augment_batch(images, mask, GEOMETRIC, torch.Generator().manual_seed(5))
+        assert torch.equal((moved == value).float(), alone)
+
+
+def test_background_only_label_maps_stay_background() -> None:
+    images, _ = batch(4)
+    empty = torch.zeros(4, 1, 24, 32)
+    _, moved = augment_batch(images, empty, GEOMETRIC, torch.Generator().manual_seed(6),
+                             labels=True)
+    assert torch.equal(moved, empty)

@@ -46,11 +46,27 @@ def parse_amount(text: str, name: str) -> tuple[float, float]:
     return amount, probability
 
 
+def resample_labels(labels: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Label maps (N, 1, H, W) sampled at ``grid`` by the rule of ``Geometry.forward_labels``:
+    each present class's indicator bilinearly, a pixel taking the foreground class of the
+    largest share if it beats the background's; two classes are the binary mask's rule."""
+    values = torch.unique(labels)
+    values = values[values > 0].view(1, -1, 1, 1)
+    if values.numel() == 0:
+        return labels
+    shares = F.grid_sample((labels == values).to(grid.dtype), grid, mode="bilinear",
+                           padding_mode="reflection", align_corners=False)
+    best, index = shares.max(1, keepdim=True)
+    chosen = values.view(-1)[index].to(labels.dtype)
+    return torch.where(best > 1 - shares.sum(1, keepdim=True), chosen,
+                       torch.zeros_like(chosen))
+
+
 def augment_batch(images: torch.Tensor, masks: torch.Tensor, config: AugmentConfig,
                   generator: torch.Generator,
                   labels: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Augment a batch (N, C, H, W) of images in [0, 1] and masks in [0, 1] (``labels``:
-    label maps of class indices, which geometric transforms sample by nearest neighbour).
+    label maps of class indices, which geometric transforms resample class by class).
 
     Random numbers come from ``generator`` (on the CPU) so that a run is reproducible and
     resumable whatever the device.
@@ -85,11 +101,10 @@ def augment_batch(images: torch.Tensor, masks: torch.Tensor, config: AugmentConf
         grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
         images = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection",
                                align_corners=False)
-        masks = F.grid_sample(masks, grid.to(masks.dtype),
-                              mode="nearest" if labels else "bilinear",
-                              padding_mode="reflection", align_corners=False)
-        if not labels:
-            masks = (masks > 0.5).to(images.dtype)
+        masks = resample_labels(masks, grid) if labels else \
+            (F.grid_sample(masks, grid.to(masks.dtype), mode="bilinear",
+                           padding_mode="reflection", align_corners=False) > 0.5
+             ).to(images.dtype)
     if config.brightness[1] > 0 and config.brightness[0] > 0:
         amount, probability = config.brightness
         factor = 1 + uniform(-amount, amount) * draw(probability)

@@ -1,5 +1,6 @@
 """examples/kaggle.sh end to end with SMOKE=1 (synthetic data, tiny sizes, 1 epoch), through
-bash and the venv's ``nerveseg``, as a user would run it."""
+bash and the venv's ``nerveseg``, as a user would run it; its other branches (no GPU, a
+refused step, OVERWRITE) with a recording stand-in for ``nerveseg``."""
 
 from __future__ import annotations
 
@@ -72,16 +73,53 @@ def test_smoke_run_leaves_every_step_behind(smoke: Smoke) -> None:
         assert (out / "score" / name).is_file()
 
 
-def test_sequential_run_without_gpus(tmp_path: Path) -> None:
-    """No GPU visible: the folds train one after the other in the foreground, no CRF; a second
-    run refuses to overwrite, OVERWRITE=1 allows it."""
-    out = tmp_path / "work"
-    done = run_script(out, SMOKE="1", DEVICE="cpu")
+# A recording stand-in for nerveseg: the real commands run in the smoke fixture above; the
+# branches below are the script's own logic, which a stub exercises without training.
+STUB = """#!/usr/bin/env bash
+printf '%s\\n' "$*" >> "$CALLS"
+if [[ "$1" == synth ]]; then mkdir -p "$2/train" "$2/test"; touch "$2/sample_submission.csv"; fi
+if [[ "$1" == train ]]; then echo "epoch   1  (stub)" >&2; fi
+if [[ "$1" == "${FAIL_AT:-}" ]]; then echo "error: $1 refused (stub)" >&2; exit 2; fi
+"""
+
+
+def run_with_stub(tmp_path: Path, name: str, **env: str) -> tuple[Path, list[str],
+                                                                 subprocess.CompletedProcess]:
+    """Run the script with the stub first on PATH; (OUT, the calls made, the result)."""
+    bin_dir = tmp_path / "stub-bin"
+    if not bin_dir.exists():
+        bin_dir.mkdir()
+        (bin_dir / "nerveseg").write_text(STUB)
+        (bin_dir / "nerveseg").chmod(0o755)
+    calls = tmp_path / f"{name}.calls"
+    out = tmp_path / name
+    done = run_script(out, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+                      CALLS=str(calls), **env)
+    return out, calls.read_text().splitlines() if calls.exists() else [], done
+
+
+def test_without_gpus_every_step_runs_in_the_foreground_in_order(tmp_path: Path) -> None:
+    """No GPU visible: the folds train and predict one after the other in the foreground (their
+    output on the terminal, no logs folder), no CRF unless asked, no --overwrite unless
+    OVERWRITE=1."""
+    out, calls, done = run_with_stub(tmp_path, "work", SMOKE="1", DEVICE="cpu")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert not (out / "logs").exists() and not (out / "oof" / "crf").exists()
-    assert "epoch   1" in done.stderr  # training reported in the foreground
-    again = run_script(out, SMOKE="1", DEVICE="cpu")
-    assert again.returncode == 2 and "--overwrite" in again.stderr
+    assert [c.split()[0] for c in calls] == ["synth", "dedupe", "split", "train", "train",
+                                             "predict", "predict", "predict", "ensemble",
+                                             "score", "rle-encode"]
+    assert [c.split()[c.split().index("--fold") + 1] for c in calls if c.startswith("train")] \
+        == ["0", "1"]
+    assert all("--device cpu" in c for c in calls if c.startswith(("train", "predict")))
+    assert "epoch   1" in done.stderr and not (out / "logs").exists()
+    assert not any("--overwrite" in c for c in calls)
+    _, again, done = run_with_stub(tmp_path, "again", SMOKE="1", DEVICE="cpu", OVERWRITE="1")
+    assert done.returncode == 0 and all(c.endswith("--overwrite") for c in again)
+
+
+def test_a_refused_step_stops_the_script_with_its_exit_code(tmp_path: Path) -> None:
+    _, calls, done = run_with_stub(tmp_path, "work", SMOKE="1", DEVICE="cpu", FAIL_AT="split")
+    assert done.returncode == 2 and "error: split refused" in done.stderr
+    assert [c.split()[0] for c in calls] == ["synth", "dedupe", "split"]
 
 
 def test_missing_data_is_one_clear_error(tmp_path: Path) -> None:

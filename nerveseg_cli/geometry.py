@@ -83,13 +83,12 @@ class Geometry:
         labels = labels.astype(np.uint8)
         if self.mode != "resize" or labels.shape == (self.height, self.width):
             return self.forward(labels, cv2.INTER_NEAREST)
-        size = (self.width, self.height)
         best = np.zeros((self.height, self.width), np.int16)
         best_class = np.zeros((self.height, self.width), np.uint8)
         total = np.zeros((self.height, self.width), np.int16)
         for value in np.flatnonzero(np.bincount(labels.ravel())[1:]) + 1:
-            share = cv2.resize((labels == value).astype(np.uint8) * 255, size,
-                               interpolation=cv2.INTER_LINEAR).astype(np.int16)
+            share = self.forward((labels == value).astype(np.uint8) * 255,
+                                 cv2.INTER_LINEAR).astype(np.int16)
             larger = share > best
             best[larger], best_class[larger] = share[larger], value
             total += share

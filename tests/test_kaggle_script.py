@@ -73,6 +73,16 @@ def test_smoke_run_leaves_every_step_behind(smoke: Smoke) -> None:
         assert (out / "score" / name).is_file()
 
 
+def test_a_second_run_refuses_to_overwrite_and_leaves_the_first(smoke: Smoke) -> None:
+    """The real commands again on the smoke run's OUT: the first step refuses (exit 2), and
+    nothing the first run wrote changes."""
+    out, _ = smoke
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    again = run_script(out, SMOKE="1", DEVICE="cpu")
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+
+
 # A recording stand-in for nerveseg: the real commands run in the smoke fixture above; the
 # branches below are the script's own logic, which a stub exercises without training.
 STUB = """#!/usr/bin/env bash

@@ -101,10 +101,12 @@ def augment_batch(images: torch.Tensor, masks: torch.Tensor, config: AugmentConf
         grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
         images = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection",
                                align_corners=False)
-        masks = resample_labels(masks, grid) if labels else \
-            (F.grid_sample(masks, grid.to(masks.dtype), mode="bilinear",
-                           padding_mode="reflection", align_corners=False) > 0.5
-             ).to(images.dtype)
+        if labels:
+            masks = resample_labels(masks, grid)
+        else:
+            masks = F.grid_sample(masks, grid.to(masks.dtype), mode="bilinear",
+                                  padding_mode="reflection", align_corners=False)
+            masks = (masks > 0.5).to(images.dtype)
     if config.brightness[1] > 0 and config.brightness[0] > 0:
         amount, probability = config.brightness
         factor = 1 + uniform(-amount, amount) * draw(probability)

@@ -8,6 +8,9 @@ multi-class scoring speed.
    ``--label 2``, the vessel). Figures: each class's validation Dice (Kaggle per image,
    empty-on-empty 1) at each run's best epoch, averaged over folds, and the training wall
    times. Target: the 3-class model at least as good on each class, in about half the time.
+   Beside it the Dice at the last epoch (no checkpoint selection: picking the best of 20 noisy
+   epochs favours the binary runs, each picking for its own class) and, with ``--seeds``, the
+   runs repeated per seed, with the standard error of the per-fold gap.
 2. The epoch cost: a 3-class epoch against a binary epoch of the same model and size (from
    the runs above). Target: at most 1.1x.
 3. ``nerveseg score`` on 5000 pairs of 3-class label maps (580x420, a folder of label maps
@@ -16,6 +19,7 @@ multi-class scoring speed.
 Run: .venv/bin/python benchmarks/bench_multiclass.py [--epochs 10] [--folds 5] [--size 256]
      [--only cv|score] [--pairs 5000] [--set KEY=VALUE ...] (extra train options)
      [--jobs 2] (runs at once, the cores shared out) [--work DIR] (keep runs; resumable)
+     [--seeds 0,1,2] (each run once per seed)
 Data: $NERVESEG_USGRA_DATA or ../shared/data/usgra-seg (part 1 is skipped without it).
 """
 
@@ -71,9 +75,10 @@ def train_run(manifest: Path, fold: int, name: str, out: Path, settings: dict) -
     wall = time.perf_counter() - start
     metrics = pd.read_csv(out / "metrics.csv")
     best = metrics.loc[metrics["val_dice"].idxmax()]
-    return {"fold": fold, "task": name, "wall": wall,
+    return {"fold": fold, "task": name, "seed": int(settings.get("seed", 0)), "wall": wall,
             "epoch_seconds": float(metrics["seconds"].median()),
-            "best": {k: float(v) for k, v in best.items()}}
+            "best": {k: float(v) for k, v in best.items()},
+            "last": {k: float(v) for k, v in metrics.iloc[-1].items()}}
 
 
 def run_all(manifest: Path, work: Path, args: argparse.Namespace) -> list[dict]:
@@ -88,15 +93,18 @@ def run_all(manifest: Path, work: Path, args: argparse.Namespace) -> list[dict]:
     settings = {"epochs": args.epochs, "size": f"{args.size}x{args.size}",
                 "device": args.device, "workers": 2, "save_every": "end",
                 "threads": max(1, available_cores() // args.jobs), **args.extra}
-    key = json.dumps(settings, sort_keys=True)
+    key = json.dumps(settings, sort_keys=True)  # the seed apart: runs of one protocol
     done = [r for r in map(json.loads, results_file.read_text().splitlines())
             if r["settings"] == key] if results_file.exists() else []
-    todo = [(fold, name) for fold in range(args.folds) for name in TASKS
-            if not any(r["fold"] == fold and r["task"] == name for r in done)]
+    todo = [(seed, fold, name) for seed in args.seeds for fold in range(args.folds)
+            for name in TASKS
+            if not any((r["fold"], r["task"], r.get("seed", 0)) == (fold, name, seed)
+                       for r in done)]
     context = multiprocessing.get_context("spawn")  # no fork after torch's threads started
     with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
-        futures = [pool.submit(train_run, manifest, fold, name, work / f"{name}-{fold}",
-                               settings) for fold, name in todo]
+        futures = [pool.submit(train_run, manifest, fold, name,
+                               work / (f"{name}-{fold}" + (f"-s{seed}" if seed else "")),
+                               {**settings, "seed": seed}) for seed, fold, name in todo]
         for future in concurrent.futures.as_completed(futures):
             result = {**future.result(), "settings": key}
             done.append(result)
@@ -105,10 +113,11 @@ def run_all(manifest: Path, work: Path, args: argparse.Namespace) -> list[dict]:
             best = result["best"]
             classes = (f" (nerve {best['dice_nerve']:.4f}, vessel {best['dice_vessel']:.4f})"
                        if result["task"] == "3-class" else "")
-            print(f"fold {result['fold']} {result['task']}: best val Dice "
+            print(f"fold {result['fold']} seed {result['seed']} {result['task']}: best val Dice "
                   f"{best['val_dice']:.4f}{classes} at epoch {int(best['epoch'])}, "
                   f"{result['wall']:.0f} s, {result['epoch_seconds']:.1f} s/epoch", flush=True)
-    return sorted(done, key=lambda r: (r["fold"], list(TASKS).index(r["task"])))
+    return [r for r in sorted(done, key=lambda r: (r["fold"], list(TASKS).index(r["task"])))
+            if r.get("seed", 0) in args.seeds and r["fold"] < args.folds]
 
 
 def cross_validation(args: argparse.Namespace, work: Path) -> list[tuple[str, str, str, str]]:
@@ -120,43 +129,57 @@ def cross_validation(args: argparse.Namespace, work: Path) -> list[tuple[str, st
     work.mkdir(parents=True, exist_ok=True)
     manifest = make_folds(data, args.folds, work)
     results = run_all(manifest, work, args)
-    figures: dict[str, list[float]] = {"3-class nerve": [], "3-class vessel": [],
-                                       "binary nerve": [], "binary vessel": []}
     wall = dict.fromkeys(TASKS, 0.0)
     epoch: dict[str, list[float]] = {name: [] for name in TASKS}
     for result in results:
-        name, best = result["task"], result["best"]
-        wall[name] += result["wall"]
-        epoch[name].append(result["epoch_seconds"])
-        if name == "3-class":
-            figures["3-class nerve"].append(best["dice_nerve"])
-            figures["3-class vessel"].append(best["dice_vessel"])
-        else:
-            figures[f"binary {name}"].append(best["val_dice"])
-    mean = {k: float(np.mean(v)) for k, v in figures.items()}
+        wall[result["task"]] += result["wall"] / len(args.seeds)
+        epoch[result["task"]].append(result["epoch_seconds"])
+    best, last = fold_dice(results, "best", args.folds), fold_dice(results, "last", args.folds)
     binary_wall = wall["nerve"] + wall["vessel"]
     binary_epoch = float(np.median(epoch["nerve"] + epoch["vessel"]))
     class_epoch = float(np.median(epoch["3-class"]))
-    print(json.dumps({"mean_dice": mean, "per_fold": figures, "wall_s": wall,
-                      "epoch_s": {"3-class": class_epoch, "binary": binary_epoch}}, indent=1))
-    wins = {c: sum(a >= b for a, b in zip(figures[f"3-class {c}"], figures[f"binary {c}"],
-                                          strict=True)) for c in ("nerve", "vessel")}
-    setting = f"{args.folds}-fold, {args.epochs} epochs, {args.size}px"
-    return [
-        (f"usgra nerve Dice ({setting})", f"{mean['3-class nerve']:.4f} (3-class)",
-         f"{mean['binary nerve']:.4f} (binary)",
-         f"{mean['3-class nerve'] - mean['binary nerve']:+.4f} (target >= 0; 3-class ahead "
-         f"or level in {wins['nerve']} folds of {args.folds})"),
-        (f"usgra vessel Dice ({setting})", f"{mean['3-class vessel']:.4f} (3-class)",
-         f"{mean['binary vessel']:.4f} (binary)",
-         f"{mean['3-class vessel'] - mean['binary vessel']:+.4f} (target >= 0; 3-class ahead "
-         f"or level in {wins['vessel']} folds of {args.folds})"),
+    print(json.dumps({"per_fold_best": {k: list(v) for k, v in best.items()},
+                      "per_fold_last": {k: list(v) for k, v in last.items()},
+                      "wall_s": wall, "epoch_s": {"3-class": class_epoch,
+                                                  "binary": binary_epoch}}, indent=1))
+    seeds = f", {len(args.seeds)} seeds" if len(args.seeds) > 1 else ""
+    setting = f"{args.folds}-fold{seeds}, {args.epochs} epochs, {args.size}px"
+    rows = []
+    for at, figures in (("best epoch", best), ("last epoch", last)):
+        for c in ("nerve", "vessel"):
+            ours, theirs = figures[f"3-class {c}"], figures[f"binary {c}"]
+            gaps = ours - theirs
+            spread = gaps.std(ddof=1) / np.sqrt(len(gaps)) if len(gaps) > 1 else float("nan")
+            rows.append((f"usgra {c} Dice at the {at} ({setting})",
+                         f"{ours.mean():.4f} (3-class)", f"{theirs.mean():.4f} (binary)",
+                         f"{gaps.mean():+.4f} ± {spread:.4f} s.e. (target >= 0; 3-class ahead "
+                         f"or level in {int((gaps >= 0).sum())} folds of {len(gaps)})"))
+    return rows + [
         ("usgra training wall time", f"{wall['3-class']:.0f} s (one 3-class model)",
          f"{binary_wall:.0f} s (two binary)",
          f"{wall['3-class'] / binary_wall:.2f}x (target ~0.5x)"),
         (f"epoch, 3 classes vs binary ({args.size}px)", f"{class_epoch:.2f} s",
          f"{binary_epoch:.2f} s", f"{class_epoch / binary_epoch:.2f}x (target <= 1.1x)"),
     ]
+
+
+def fold_dice(results: list[dict], at: str, folds: int) -> dict[str, np.ndarray]:
+    """Each class's Dice per fold (the mean over seeds) of the 3-class and binary runs, at the
+    best or last epoch; runs from before last-epoch figures were kept count at neither."""
+    figures: dict[str, list[list[float]]] = {
+        f"{kind} {c}": [[] for _ in range(folds)]
+        for kind in ("3-class", "binary") for c in ("nerve", "vessel")}
+    for result in results:
+        row = result.get(at)
+        if row is None:
+            continue
+        if result["task"] == "3-class":
+            for c in ("nerve", "vessel"):
+                figures[f"3-class {c}"][result["fold"]].append(row[f"dice_{c}"])
+        else:
+            figures[f"binary {result['task']}"][result["fold"]].append(row["val_dice"])
+    return {k: np.array([np.mean(v) if v else np.nan for v in per_fold])
+            for k, per_fold in figures.items()}
 
 
 def write_label_maps(truth: Path, pred: Path, count: int, seed: int, noise: float) -> None:
@@ -213,12 +236,16 @@ def parse_args() -> argparse.Namespace:
                         help="runs trained at once, each with its share of the cores")
     parser.add_argument("--work", type=Path, default=None,
                         help="keep the runs here; a second call reuses the finished ones")
+    parser.add_argument("--seeds", default="0", help="comma-separated; each run per seed")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
+    args.seeds = [int(seed) for seed in args.seeds.split(",")]
     args.extra = {}
     for item in args.set:
         key, _, value = item.partition("=")
         args.extra[key] = json.loads(value) if value[:1] in "0123456789-[{tf" else value
+    if "seed" in args.extra:
+        parser.error("give seeds with --seeds, not --set seed=")
     return args
 
 

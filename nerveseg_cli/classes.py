@@ -107,6 +107,12 @@ def write_classes(folder: str | Path, classes: Classes) -> None:
                       json_text(classes.to_json()))
 
 
+def class_record(classes: Classes | None) -> dict[str, list[str]]:
+    """The class list as a prediction.json records it (nothing for a binary task), so a
+    folder's provenance says what its maps are without its classes.json."""
+    return {} if classes is None or classes.binary else {"classes": list(classes.names)}
+
+
 def parse_classes(text: str | None) -> Classes | None:
     """``--classes`` as given (None: a binary task)."""
     return None if text is None else Classes.parse(text)

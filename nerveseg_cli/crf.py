@@ -48,7 +48,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from nerveseg_cli.classes import Classes, write_classes
+from nerveseg_cli.classes import Classes, class_record, write_classes
 from nerveseg_cli.errors import NervesegError
 from nerveseg_cli.io.datasets import Sample, discover_images, sort_ids
 from nerveseg_cli.io.images import read_raw, to_uint8_gray
@@ -416,7 +416,8 @@ def _refine_all(plan: _CrfPlan, out: Path, workers: int,
     # Written first as incomplete, so an interrupted folder says what it is and a --resume
     # with other options is refused; rewritten as complete at the end.
     write_prediction_json(out, "crf", plan.inputs, options, upstream=upstream,
-                          extra={"complete": False, "images": len(folder.ids)})
+                          extra={"complete": False, "images": len(folder.ids),
+                                 **class_record(plan.classes)})
     if progress and plan.done:
         progress(len(plan.done))
     run_tasks(tasks, workers, progress)
@@ -425,7 +426,9 @@ def _refine_all(plan: _CrfPlan, out: Path, workers: int,
             write_presence(out / name / PRESENCE_CSV, member.presence)
         if name:  # each class folder says what it is, for the binary tools that read it
             write_prediction_json(out / name, "crf", plan.inputs, options,
-                                  upstream=member.prediction, extra={"class": name})
+                                  upstream=member.prediction,
+                                  extra={"class": name, **class_record(plan.classes)})
     write_prediction_json(out, "crf", plan.inputs, options, upstream=upstream,
                           extra={"complete": True, "images": len(folder.ids),
-                                 "skipped_on_resume": len(plan.done)})
+                                 "skipped_on_resume": len(plan.done),
+                                 **class_record(plan.classes)})

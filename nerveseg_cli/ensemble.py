@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from nerveseg_cli.classes import CLASSES_JSON, write_classes
+from nerveseg_cli.classes import CLASSES_JSON, class_record, write_classes
 from nerveseg_cli.errors import NervesegError, warn
 from nerveseg_cli.io.datasets import sort_ids
 from nerveseg_cli.io.outputs import Outputs, atomic_write_text
@@ -162,7 +162,7 @@ def _ensemble_classes(paths: Sequence[Path], folder: Path, final: Path, rule: Me
     write_prediction_json(folder, "ensemble", {"members": [str(p) for p in paths]},
                           _options_record(rule, allow_missing),
                           upstream=[read_prediction_json(p) for p in paths],
-                          extra={"classes": list(classes.names)})
+                          extra=class_record(classes))
     first = results[0]
     weights = [r.mean_weights for r in results if r.mean_weights is not None]
     return EnsembleResult(final, rule.method, list(paths), first.ids,

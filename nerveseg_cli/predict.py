@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from nerveseg_cli.asme import DEFAULT_BASE
-from nerveseg_cli.classes import Classes, write_classes
+from nerveseg_cli.classes import Classes, class_record, write_classes
 from nerveseg_cli.engines import Engine, check_engine, load_engines, read_model_info
 from nerveseg_cli.errors import NervesegError, warn
 from nerveseg_cli.export import is_exported, sidecar_path
@@ -428,7 +428,8 @@ def predict(runs: Sequence[str | Path], images: str | Path, out: str | Path,
         if options.overlay_video is not None:
             writer.overlay = cleanup.enter_context(_OverlayWriter.open(
                 outputs.file(options.overlay_video, overwrite=overwrite), Path(images)))
-        write_prediction_json(out, "predict", roles, record)
+        write_prediction_json(out, "predict", roles, record,
+                              extra=class_record(predictor.classes))
         started = time.perf_counter()
         _predict_groups(predictor, groups, writer, presence, progress)
         for name, folder in folders.items():
@@ -450,7 +451,8 @@ def _class_folders(out: Path, classes: Classes | None, roles: dict[str, Any],
     for name in classes.foreground:
         folders[name] = out / name
         folders[name].mkdir(exist_ok=True)
-        write_prediction_json(folders[name], "predict", roles, record, extra={"class": name})
+        write_prediction_json(folders[name], "predict", roles, record,
+                              extra={"class": name, **class_record(classes)})
     return folders
 
 

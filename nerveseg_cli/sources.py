@@ -241,7 +241,8 @@ def open_class_source(path: str | Path, classes: Classes | None,
         return ClassSource(path, "csv", found, size,
                            {i: subject_of(i, subject_regex) for i in runs}, runs=runs)
     if classes is None:
-        raise NervesegError(f"{path}: label maps of how many classes? pass --classes (or score "
-                            "a folder of several classes, which has a classes.json)")
+        raise NervesegError(f"{path}: label maps of how many classes? pass --classes (a "
+                            "probability folder of several classes needs none: it has a "
+                            "classes.json)")
     labels = open_source(path, size, subject_regex)
     return ClassSource(path, "labels", classes, size, dict(labels.subjects), labels=labels)

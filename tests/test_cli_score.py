@@ -79,6 +79,10 @@ def test_sweep_writes_postprocess_that_rle_encode_accepts(synth_root: Path,
     assert 5 <= post["min_area"] <= 20 and post["mean_dice"] > grid[:, 0].max()
     sweep_csv = pd.read_csv(out / "sweep.csv")
     assert len(sweep_csv) == 25
+    table = run_cli("score", probs, synth_root / "train", "--sweep-threshold", "0.3:0.7:0.1",
+                    "--out", tmp_path / "table")
+    assert table.exit_code == 0, table.stderr
+    assert "min area (rows)" in table.stdout and "[" not in table.stdout  # no markup printed
     # Scoring at the chosen pair reproduces the best grid cell.
     again = run_cli("score", probs, synth_root / "train", "--postprocess",
                     out / "postprocess.json", "--json")

@@ -204,8 +204,11 @@ def test_train_records_classes_and_per_class_dice(chain: dict[str, Any]) -> None
 def test_predict_writes_a_folder_per_class(chain: dict[str, Any]) -> None:
     out = chain["root"] / "p0"
     assert json.loads((out / "classes.json").read_text()) == {"classes": list(NAMES)}
-    assert json.loads((out / "prediction.json").read_text())["command"] == "predict"
+    record = json.loads((out / "prediction.json").read_text())
+    assert record["command"] == "predict" and record["classes"] == list(NAMES)
     for name in NAMES[1:]:
+        record = json.loads((out / name / "prediction.json").read_text())
+        assert (record["class"], record["classes"]) == (name, list(NAMES))
         maps = sorted(p.stem for p in (out / name).glob("*.png"))
         assert maps == sorted(TRAIN_IDS)
         with Image.open(out / name / "1_1.png") as image:
@@ -245,7 +248,9 @@ def test_predict_masks_take_a_postprocess_json_per_class(chain: dict[str, Any],
 def test_ensemble_merges_each_class_alone(chain: dict[str, Any]) -> None:
     root = chain["root"]
     assert json.loads((root / "ens" / "classes.json").read_text())["classes"] == list(NAMES)
-    upstream = json.loads((root / "ens" / "prediction.json").read_text())["upstream"]
+    record = json.loads((root / "ens" / "prediction.json").read_text())
+    assert record["classes"] == list(NAMES)
+    upstream = record["upstream"]
     assert upstream == [json.loads((root / member / "prediction.json").read_text())
                         for member in ("p0", "p1")]
     for sample_id in TRAIN_IDS:
@@ -259,13 +264,15 @@ def test_crf_keeps_the_class_folders(chain: dict[str, Any]) -> None:
     out = chain["root"] / "crf"
     assert json.loads((out / "classes.json").read_text())["classes"] == list(NAMES)
     record = json.loads((out / "prediction.json").read_text())
-    assert record["command"] == "crf"
+    assert record["command"] == "crf" and record["classes"] == list(NAMES)
+    assert record["complete"]
     # provenance chains to the input's own prediction.json, not to one of its class folders
     upstream = json.loads((Path(record["inputs"]["probabilities"]) / "prediction.json")
                           .read_text())
     assert record["upstream"] == upstream and "class" not in record["upstream"]
     for name in NAMES[1:]:
         assert sorted(p.stem for p in (out / name).glob("*.png")) == sorted(TRAIN_IDS)
+        assert json.loads((out / name / "prediction.json").read_text())["classes"] == list(NAMES)
     for sample_id in TRAIN_IDS:
         values = class_values(out, sample_id)
         assert values.shape == (2, HEIGHT, WIDTH)

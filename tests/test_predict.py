@@ -80,6 +80,7 @@ def test_predict_writes_probability_folder_at_original_size(trained: dict[str, P
         assert values.shape == read_image(sample.image).shape == (44, 60)
     record = json.loads((out / "prediction.json").read_text())
     assert record["command"] == "predict" and record["options"]["tta"] == "flips"
+    assert "classes" not in record  # binary provenance as before classes existed
     presence = pd.read_csv(out / "presence.csv", dtype={"id": str})
     assert sorted(presence["id"]) == sorted(str(i) for i in range(1, 6))
     assert presence["presence"].between(0, 1).all()

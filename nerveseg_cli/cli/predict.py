@@ -55,7 +55,8 @@ def predict_command(
         "else `nerveseg crf`'s defaults). \\[default: as the first run's recipe says]",
         show_default=False)] = None,
     masks: Annotated[Path | None, typer.Option(
-        help="Also write binary masks here (--threshold, --min-area, --postprocess).")] = None,
+        help="Also write masks here (--threshold, --min-area, --postprocess): binary masks, "
+        "or label maps (palette PNGs, pixel = class index) with several classes.")] = None,
     overlay_video: Annotated[Path | None, typer.Option(
         metavar="OUT.mp4", help="IMAGES is a video: also write it with the predicted outlines "
         "(a colour per class), at its frame rate (.mp4 or .avi).")] = None,

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from nerveseg_cli.cli._app import PANEL_SUBMIT, command
 from nerveseg_cli.cli._common import (
@@ -178,7 +179,9 @@ def _sweep_table(sweep: Sweep, prefix: str = "") -> Table:
         cells = []
         for i, t in enumerate(sweep.thresholds):
             text = f"{sweep.mean_dice[i, j]:.4f}"
-            cells.append(f"[bold]{text}[/bold]" if (t == best_t and area == best_a) else text)
+            # a styled Text: the consoles read no markup (user text), so "[bold]" would print
+            best = t == best_t and area == best_a
+            cells.append(Text(text, style="bold") if best else text)
         table.add_row(str(area), *cells)
     return table
 

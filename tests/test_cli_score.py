@@ -79,10 +79,17 @@ def test_sweep_writes_postprocess_that_rle_encode_accepts(synth_root: Path,
     assert 5 <= post["min_area"] <= 20 and post["mean_dice"] > grid[:, 0].max()
     sweep_csv = pd.read_csv(out / "sweep.csv")
     assert len(sweep_csv) == 25
-    table = run_cli("score", probs, synth_root / "train", "--sweep-threshold", "0.3:0.7:0.1",
-                    "--out", tmp_path / "table")
+    # 17 thresholds, wider than the runner's 120 columns: every figure printed whole, no markup
+    table = run_cli("score", probs, synth_root / "train", "--sweep-threshold", "0.1:0.9:0.05",
+                    "--out", tmp_path / "table", "--json")
+    best = json.loads(table.stdout)["sweep"]["best"]["dice"]
+    table = run_cli("score", probs, synth_root / "train", "--sweep-threshold", "0.1:0.9:0.05",
+                    "--out", tmp_path / "table", "--overwrite")
     assert table.exit_code == 0, table.stderr
-    assert "min area (rows)" in table.stdout and "[" not in table.stdout  # no markup printed
+    assert "min area (rows)" in table.stdout and "[" not in table.stdout
+    assert "…" not in table.stdout and f"{best:.4f}" in table.stdout
+    grid = next(line for line in table.stdout.splitlines() if line.split()[:2] == ["min", "area"])
+    assert grid.split()[2:] == [f"{t / 100:g}" for t in range(10, 91, 5)]
     # Scoring at the chosen pair reproduces the best grid cell.
     again = run_cli("score", probs, synth_root / "train", "--postprocess",
                     out / "postprocess.json", "--json")

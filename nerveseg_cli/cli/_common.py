@@ -117,6 +117,20 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json_text(data))
 
 
+def print_whole(table: Table) -> None:
+    """Print a table of figures at its full width even where the console is narrower (80
+    columns in a pipe): rich would otherwise cut every cell to "0.10…"."""
+    from rich.measure import Measurement
+
+    width = Measurement.get(stdout, stdout.options.update(width=10_000), table).maximum
+    if width <= stdout.width:
+        stdout.print(table)
+        return
+    # print(width=) can only narrow, so a console as wide as the table (same settings)
+    Console(width=width, highlight=False, soft_wrap=False, markup=False,
+            emoji=False).print(table, crop=False)
+
+
 def key_value_table(title: str, rows: dict[str, Any]) -> Table:
     table = Table(title=title, show_header=False, title_justify="left")
     table.add_column("what", style="bold")

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich import box
 from rich.table import Table
 from rich.text import Text
 
@@ -27,6 +28,7 @@ from nerveseg_cli.cli._common import (
     key_value_table,
     out_option,
     print_json,
+    print_whole,
     progress_bar,
     stderr,
     stdout,
@@ -147,7 +149,7 @@ def _print_report(report: ScoreReport, pred: Path, gt: Path, by_subject: bool,
     if by_subject:
         stdout.print(_subject_table(report))
     if report.sweep is not None:
-        stdout.print(_sweep_table(report.sweep))
+        print_whole(_sweep_table(report.sweep))
 
 
 def _sweep_json(sweep: Sweep) -> dict:
@@ -169,9 +171,11 @@ def _subject_table(report: ScoreReport, title: str = "by subject") -> Table:
 
 def _sweep_table(sweep: Sweep, prefix: str = "") -> Table:
     best_t, best_a, best_d = sweep.best
+    # a grid of numbers without rules between columns: 9 thresholds fit 80 columns
     table = Table(title=f"{prefix}mean Dice by min area (rows) and threshold (columns); best "
                         f"{best_d:.4f} at threshold {best_t:g}, min area {best_a}",
-                  title_justify="left")
+                  title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
+                  padding=(0, 1, 0, 0))
     table.add_column("min area", justify="right")
     for t in sweep.thresholds:
         table.add_column(f"{t:g}", justify="right")
@@ -217,7 +221,7 @@ def _score_classes(pred: Path, gt: Path, declared: Classes | None, targets: Scor
         if targets.by_subject:
             stdout.print(_subject_table(class_report, f"by subject: {name}"))
         if class_report.sweep is not None:
-            stdout.print(_sweep_table(class_report.sweep, f"{name}: "))
+            print_whole(_sweep_table(class_report.sweep, f"{name}: "))
     if written:
         stderr.print(f"wrote {len(written)} files (first: {written[0]})", markup=False)
 

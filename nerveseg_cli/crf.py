@@ -401,6 +401,7 @@ def _refine_all(plan: _CrfPlan, out: Path, workers: int,
                 progress: Callable[[int], None] | None) -> None:
     """Refine the ``todo`` maps into ``out``, with presence and provenance."""
     options = asdict(plan.params)
+    classes = class_record(plan.classes)  # every prediction.json here names the class list
     folder = next(iter(plan.members.values()))
     # the input's own provenance: its top-level prediction.json when it holds several classes
     upstream = (folder.prediction if plan.classes is None
@@ -416,8 +417,7 @@ def _refine_all(plan: _CrfPlan, out: Path, workers: int,
     # Written first as incomplete, so an interrupted folder says what it is and a --resume
     # with other options is refused; rewritten as complete at the end.
     write_prediction_json(out, "crf", plan.inputs, options, upstream=upstream,
-                          extra={"complete": False, "images": len(folder.ids),
-                                 **class_record(plan.classes)})
+                          extra={"complete": False, "images": len(folder.ids), **classes})
     if progress and plan.done:
         progress(len(plan.done))
     run_tasks(tasks, workers, progress)
@@ -427,8 +427,7 @@ def _refine_all(plan: _CrfPlan, out: Path, workers: int,
         if name:  # each class folder says what it is, for the binary tools that read it
             write_prediction_json(out / name, "crf", plan.inputs, options,
                                   upstream=member.prediction,
-                                  extra={"class": name, **class_record(plan.classes)})
+                                  extra={"class": name, **classes})
     write_prediction_json(out, "crf", plan.inputs, options, upstream=upstream,
                           extra={"complete": True, "images": len(folder.ids),
-                                 "skipped_on_resume": len(plan.done),
-                                 **class_record(plan.classes)})
+                                 "skipped_on_resume": len(plan.done), **classes})

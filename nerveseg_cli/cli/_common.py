@@ -36,8 +36,9 @@ class _State:
 state = _State()
 # Paths, ids and messages are user text: no markup, no emoji codes (a path with ":100:" stays as
 # it is), no highlighting.
-stdout = Console(highlight=False, soft_wrap=False, markup=False, emoji=False)
-stderr = Console(stderr=True, highlight=False, markup=False, emoji=False)
+_PLAIN_TEXT: dict[str, Any] = {"highlight": False, "markup": False, "emoji": False}
+stdout = Console(soft_wrap=False, **_PLAIN_TEXT)
+stderr = Console(stderr=True, **_PLAIN_TEXT)
 
 
 def print_error(message: str) -> None:
@@ -126,9 +127,8 @@ def print_whole(table: Table) -> None:
     if width <= stdout.width:
         stdout.print(table)
         return
-    # print(width=) can only narrow, so a console as wide as the table (same settings)
-    Console(width=width, highlight=False, soft_wrap=False, markup=False,
-            emoji=False).print(table, crop=False)
+    # print(width=) can only narrow, so a console as wide as the table, reading no markup
+    Console(width=width, soft_wrap=False, **_PLAIN_TEXT).print(table, crop=False)
 
 
 def key_value_table(title: str, rows: dict[str, Any]) -> Table:

@@ -18,6 +18,8 @@ multi-class scoring speed.
 
 Run: .venv/bin/python benchmarks/bench_multiclass.py [--epochs 10] [--folds 5] [--size 256]
      [--only cv|score] [--pairs 5000] [--set KEY=VALUE ...] (extra train options)
+     [--set-classes KEY=VALUE ...] (extra train options of the 3-class runs only, e.g.
+     decoders=per-class)
      [--jobs 2] (runs at once, the cores shared out) [--work DIR] (keep runs; resumable)
      [--seeds 0,1,2] (each run once per seed)
 Data: $NERVESEG_USGRA_DATA or ../shared/data/usgra-seg (part 1 is skipped without it).
@@ -93,20 +95,27 @@ def run_all(manifest: Path, work: Path, args: argparse.Namespace) -> list[dict]:
     settings = {"epochs": args.epochs, "size": f"{args.size}x{args.size}",
                 "device": args.device, "workers": 2, "save_every": "end",
                 "threads": max(1, available_cores() // args.jobs), **args.extra}
-    key = json.dumps(settings, sort_keys=True)  # the seed apart: runs of one protocol
+    # runs of one protocol share a key, the seed apart; the 3-class runs' own options join
+    # theirs, so binary runs are reused by a call that changes only --set-classes
+    keys = {name: json.dumps({**settings, **({f"3-class {k}": v for k, v
+                                                 in args.class_extra.items()}
+                                              if name == "3-class" else {})}, sort_keys=True)
+            for name in TASKS}
     done = [r for r in map(json.loads, results_file.read_text().splitlines())
-            if r["settings"] == key] if results_file.exists() else []
+            if r["settings"] == keys[r["task"]]] if results_file.exists() else []
     todo = [(seed, fold, name) for seed in args.seeds for fold in range(args.folds)
             for name in TASKS
             if not any((r["fold"], r["task"], r.get("seed", 0)) == (fold, name, seed)
                        for r in done)]
     context = multiprocessing.get_context("spawn")  # no fork after torch's threads started
     with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
-        futures = [pool.submit(train_run, manifest, fold, name,
-                               work / (f"{name}-{fold}" + (f"-s{seed}" if seed else "")),
-                               {**settings, "seed": seed}) for seed, fold, name in todo]
+        futures = [pool.submit(train_run, manifest, fold, name, work / run_name(name, fold, seed,
+                                                                        args.class_extra),
+                               {**settings, **(args.class_extra if name == "3-class" else {}),
+                                "seed": seed}) for seed, fold, name in todo]
         for future in concurrent.futures.as_completed(futures):
-            result = {**future.result(), "settings": key}
+            result = future.result()
+            result["settings"] = keys[result["task"]]
             done.append(result)
             with results_file.open("a") as handle:
                 handle.write(json.dumps(result) + "\n")
@@ -118,6 +127,12 @@ def run_all(manifest: Path, work: Path, args: argparse.Namespace) -> list[dict]:
                   f"{result['wall']:.0f} s, {result['epoch_seconds']:.1f} s/epoch", flush=True)
     return [r for r in sorted(done, key=lambda r: (r["fold"], list(TASKS).index(r["task"])))
             if r.get("seed", 0) in args.seeds and r["fold"] < args.folds]
+
+
+def run_name(task: str, fold: int, seed: int, class_extra: dict) -> str:
+    """The run's folder in --work: task, fold, seed, and the 3-class runs' own options."""
+    own = "".join(f"-{k}={v}" for k, v in class_extra.items()) if task == "3-class" else ""
+    return f"{task}-{fold}" + (f"-s{seed}" if seed else "") + own
 
 
 def cross_validation(args: argparse.Namespace, work: Path) -> list[tuple[str, str, str, str]]:
@@ -238,15 +253,23 @@ def parse_args() -> argparse.Namespace:
                         help="keep the runs here; a second call reuses the finished ones")
     parser.add_argument("--seeds", default="0", help="comma-separated; each run per seed")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--set-classes", action="append", default=[], metavar="KEY=VALUE",
+                        help="a train option of the 3-class runs only")
     args = parser.parse_args()
     args.seeds = [int(seed) for seed in args.seeds.split(",")]
-    args.extra = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        args.extra[key] = json.loads(value) if value[:1] in "0123456789-[{tf" else value
+    args.extra, args.class_extra = parse_settings(args.set), parse_settings(args.set_classes)
     if "seed" in args.extra:
         parser.error("give seeds with --seeds, not --set seed=")
     return args
+
+
+def parse_settings(items: list[str]) -> dict:
+    """KEY=VALUE pairs; numbers, booleans and JSON values decoded, other values kept as text."""
+    settings = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        settings[key] = json.loads(value) if value[:1] in "0123456789-[{tf" else value
+    return settings
 
 
 def main() -> None:

@@ -10,7 +10,8 @@
 # There (device tool: carry [".carry"], timeout_s 600):
 #   bash benchmarks/device_multiclass.sh
 # Settings: SEEDS [0,1,2], EPOCHS [20], SIZE [256], FOLDS [5], JOBS [8], LIMIT seconds of
-# training [520], DEVICE [cuda], PY [python3] (a check here: PY=.venv/bin/python DEVICE=cpu).
+# training [520], DEVICE [cuda], PY [python3] (a check here: PY=.venv/bin/python DEVICE=cpu),
+# CLASS_SET [none] (a 3-class train option, e.g. decoders=per-class; binary runs are reused).
 # What it left in $OUT: results.jsonl (one line per finished training) and log.txt. A second
 # call while the machine is still warm resumes from /tmp/mc-device; a cold one starts over.
 set -euo pipefail
@@ -47,5 +48,5 @@ trap save EXIT
 # in flight; the table is printed by a last call that finds every run done.
 timeout "${LIMIT:-520}" "$PY" benchmarks/bench_multiclass.py --only cv --folds "${FOLDS:-5}" \
     --size "${SIZE:-256}" --epochs "${EPOCHS:-20}" --seeds "${SEEDS:-0,1,2}" \
-    --device "${DEVICE:-cuda}" \
+    --device "${DEVICE:-cuda}" ${CLASS_SET:+--set-classes "$CLASS_SET"} \
     --jobs "${JOBS:-8}" --work "$work" 2>&1 | tee -a "$OUT/log.txt"

@@ -69,6 +69,7 @@ FAMILIES = [
     ("ragcm-sharp", run_config("ragcm", {"skip": "sharp"}),
      ["net.sharpen", *(f"net.context.regions.{i}.0" for i in range(3))]),
     ("softmax-3-classes", run_config("unet-plain", {"width": 4}, classes=3), []),
+    ("per-class-decoders", run_config("unet", {"decoders": "per-class"}, classes=3), []),
     ("multilabel-presence", run_config("unet-plain", {"width": 4}, classes=3,
                                        multilabel=True, presence=True), []),
     ("binary-presence", run_config("unet-plain", {"width": 4}, presence=True,

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nerveseg_cli.classes import Classes
 from nerveseg_cli.geometry import Geometry
 from nerveseg_cli.models import ModelConfig, SegmentationNet, build_model, count_parameters
 from nerveseg_cli.models.blocks import SharpenSkip
@@ -245,6 +246,74 @@ def test_ragcm_is_unet_with_rpa_and_apf() -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# a decoder per class
+
+
+def per_class_config(classes: int, multilabel: bool = False, extra: dict | None = None,
+                     presence: bool = False) -> ModelConfig:
+    return ModelConfig("unet", "resnet18", "none", 1, None, presence,
+                       {"decoders": "per-class", **(extra or {})}, classes, multilabel)
+
+
+def per_class_net(classes: int, multilabel: bool = False, extra: dict | None = None,
+                  presence: bool = False) -> SegmentationNet:
+    torch.manual_seed(0)
+    return build_model(per_class_config(classes, multilabel, extra, presence)).eval()
+
+
+@pytest.mark.parametrize(("classes", "multilabel", "channels"), [
+    (3, False, 3), (4, False, 4), (3, True, 2)])
+def test_per_class_decoders_give_each_class_its_own_logit(classes: int, multilabel: bool,
+                                                          channels: int) -> None:
+    model = per_class_net(classes, multilabel)
+    decoders = [model.net.model.decoder, *model.net.class_decoders]
+    assert len(decoders) == classes - 1
+    assert [type(m).__name__ for m in model.modules()].count("ResNetEncoder") == 1
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        before = model(x)[0]
+        for p in decoders[-1].parameters():  # the last class's decoder only
+            p.add_(0.5)
+        after = model(x)[0]
+    assert before.shape == (2, channels, 64, 64)
+    torch.testing.assert_close(after[:, :-1], before[:, :-1])  # the other classes keep theirs
+    assert not torch.allclose(after[:, -1], before[:, -1])
+    if not multilabel:  # softmax: the background logit is the constant 0 the others face
+        assert torch.count_nonzero(before[:, 0]) == 0
+
+
+def test_per_class_decoders_are_half_width_and_cost_less_than_a_shared_one() -> None:
+    with torch.device("meta"):
+        shared = build_model(ModelConfig("unet", "resnet18", "none", 1, None, False, None, 3))
+    per_class = per_class_net(3)
+    assert [b.conv2[0].out_channels for b in per_class.net.model.decoder.blocks] == \
+        [128, 64, 32, 16, 8]
+    assert count_parameters(per_class) < count_parameters(shared)
+
+
+def test_per_class_decoders_take_the_other_unet_options() -> None:
+    model = per_class_net(3, extra={"skip": "sharp", "context": "rpa", "activation": "mish"},
+                          presence=True)
+    for decoder in [model.net.model.decoder, *model.net.class_decoders]:
+        assert nn.Mish in {type(m) for m in decoder.modules()}
+        assert nn.ReLU not in {type(m) for m in decoder.modules()}
+    masks, presence = model(torch.randn(2, 1, 32, 32))
+    assert masks.shape == (2, 3, 32, 32) and presence.shape == (2, 2)
+
+
+def test_per_class_decoders_round_trip_through_a_run_folder(tmp_path: Path) -> None:
+    model = per_class_net(3)
+    write_config(tmp_path, RunConfig(per_class_config(3), Geometry("resize", 64, 64), 0.5,
+                                     0.25, {"arch": "unet"}, {}, Classes.parse("3")))
+    save_weights(model, tmp_path / BEST)
+    saved, loaded = load_run(tmp_path)
+    assert saved.model.extra == {"decoders": "per-class"}
+    x = torch.randn(1, 1, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(x)[0], model(x)[0])
+
+
+# --------------------------------------------------------------------------------------------
 # the command line
 
 
@@ -285,6 +354,9 @@ def test_cli_trains_and_predicts_custom_architectures(manifest: Path, tmp_path: 
     (["--arch", "inception-unet", "--width", "20"], ["--width 20", "multiple of 16"]),
     (["--arch", "unet", "--activation", "tanh"], ["--activation", "mish"]),
     (["--arch", "ragcm", "--fusion", "none"], ["--fusion none", "ragcm"]),
+    (["--arch", "deeplabv3plus", "--decoders", "per-class"], ["--decoders per-class", "unet"]),
+    (["--arch", "unet", "--decoders", "per-class"], ["--decoders per-class", "--classes"]),
+    (["--arch", "unet", "--decoders", "each"], ["--decoders 'each'", "per-class"]),
 ])
 def test_options_an_architecture_cannot_take_are_one_line_errors(
         manifest: Path, tmp_path: Path, options: list[str], fragments: list[str]) -> None:

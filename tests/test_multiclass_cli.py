@@ -201,6 +201,18 @@ def test_train_records_classes_and_per_class_dice(chain: dict[str, Any]) -> None
             assert 0.0 <= float(rows[1][header.index(column)]) <= 1.0
 
 
+def test_per_class_decoders_train_and_predict(chain: dict[str, Any], tmp_path: Path) -> None:
+    run, probs = tmp_path / "run", tmp_path / "probs"
+    ok("train", chain["root"] / "folds.csv", "--classes", CLASSES, "--arch", "unet",
+       "--decoders", "per-class", "--size", "64x64", "--epochs", "1", "--batch-size", "8",
+       "--out", run, *CPU)
+    assert json.loads((run / "config.json").read_text())["model"]["extra"] == \
+        {"decoders": "per-class"}
+    ok("predict", run, chain["data"] / "test", "--out", probs, *CPU)
+    for name in NAMES[1:]:
+        assert len(list((probs / name).glob("*.png"))) == 2
+
+
 def test_predict_writes_a_folder_per_class(chain: dict[str, Any]) -> None:
     out = chain["root"] / "p0"
     assert json.loads((out / "classes.json").read_text()) == {"classes": list(NAMES)}
@@ -676,6 +688,14 @@ OPTIONS = cases(
          "--out", "{ws}/dd", expect=["--label and --classes exclude each other"]),
     case("train_label_and_classes", *train_args("--classes", "3", "--label", "1"),
          expect=["--label and --classes exclude each other"]),
+    case("train_per_class_decoders_with_fusion",
+         "train", FOLDS, "--classes", "3", "--arch", "unet", "--decoders", "per-class",
+         "--fusion", "apf", "--size", "64x64", "--epochs", "1", "--out", "{ws}/r", *CPU,
+         expect=["--decoders per-class and --fusion apf"]),
+    case("train_per_class_decoders_with_scse",
+         "train", FOLDS, "--classes", "3", "--arch", "unet", "--decoders", "per-class",
+         "--decoder-attention", "scse", "--size", "64x64", "--epochs", "1", "--out", "{ws}/r", *CPU,
+         expect=["--decoders per-class and --decoder-attention"]),
     case("score_by_class_for_one_class", "score", "{ws}/probs/nerve", TRUTH, "--label", "1",
          "--by", "class", expect=["--by 'class'"]),
     case("score_postprocess_lacking_a_class", "score", PROBS, TRUTH, "--postprocess",

@@ -137,6 +137,9 @@ def train_command(
     fusion: Annotated[str | None, _opt(
         P_MODEL, "none, or apf: seed 002's adaptive pyramid fusion of three decoder levels "
         "(unet).", show_default=False)] = _D.fusion,
+    decoders: Annotated[str | None, _opt(
+        P_MODEL, "shared, or per-class: with --classes, one half-width decoder per class on "
+        "the shared encoder (unet; docs/train.md).", show_default=False)] = _D.decoders,
     label: Label = _D.label,
     classes: ClassesOption = _D.classes,
     multilabel: Annotated[bool, _opt(

@@ -87,8 +87,8 @@ Builder = Callable[[ModelConfig], SegmentationNet]
 _REGISTRY: dict[str, Builder] = {}
 
 # ModelConfig.extra keys (the CLI flags --skip, --width, --batch-norm, --activation, --context,
-# --fusion); None or absent means "the architecture's own default".
-EXTRA_OPTIONS = ("skip", "width", "batch_norm", "activation", "context", "fusion")
+# --fusion, --decoders); None or absent means "the architecture's own default".
+EXTRA_OPTIONS = ("skip", "width", "batch_norm", "activation", "context", "fusion", "decoders")
 # Modules holding the custom architectures, imported on first use (they register themselves).
 CUSTOM_MODULES = ("unet_plain", "attention", "r2unet", "inception", "fcn", "ragcm")
 
@@ -203,13 +203,18 @@ _ATTENTION_ARCHS = {"unet", "unetplusplus"}
 # Custom options on smp architectures (smp_extras.py): sharp skips on the U-Nets, seed 002's RPA
 # and APF on unet, decoder activations everywhere.
 _SMP_OPTIONS = {
-    "unet": frozenset({"skip", "activation", "context", "fusion"}),
+    "unet": frozenset({"skip", "activation", "context", "fusion", "decoders"}),
     "unetplusplus": frozenset({"skip", "activation"}),
 }
 
 
 def _build_smp(arch: str, config: ModelConfig) -> SegmentationNet:
-    import segmentation_models_pytorch as smp
+    from nerveseg_cli.models.smp_extras import (
+        PER_CLASS_DECODER_CHANNELS,
+        check_smp_extras,
+        extend_smp,
+        per_class_decoders,
+    )
 
     _check_encoder(config.encoder)
     kwargs: dict[str, Any] = {}
@@ -219,17 +224,41 @@ def _build_smp(arch: str, config: ModelConfig) -> SegmentationNet:
             raise NervesegError(f"--decoder-attention works with {supported}, not {arch}")
         kwargs["decoder_attention_type"] = config.decoder_attention
     if any(value is not None for value in (config.extra or {}).values()):
-        from nerveseg_cli.models.smp_extras import check_smp_extras
-
         check_smp_extras(arch, config.extra or {})
-    if config.presence_head:
-        kwargs["aux_params"] = {"classes": config.presence_channels, "dropout": 0.2}
-    weights = config.encoder_weights
+    per_class = per_class_decoders(config.extra)
+    if per_class and config.classes <= 2:
+        raise NervesegError("--decoders per-class needs several classes (--classes): a binary "
+                            "model has one decoder")
+    if per_class and config.decoder_attention:
+        # scse squeezes channels 16-fold: the 8 of a half-width last stage would become 0
+        raise NervesegError("--decoders per-class and --decoder-attention exclude each other "
+                            "(the half-width decoders' last stage is too narrow for scse)")
+    if per_class:
+        kwargs["decoder_channels"] = PER_CLASS_DECODER_CHANNELS
+    presence = {"aux_params": {"classes": config.presence_channels, "dropout": 0.2}} \
+        if config.presence_head else {}
+    logits = 1 if per_class else config.mask_channels
+    net = _create_smp(arch, config, logits, {**kwargs, **presence})
+    # the other classes' decoders and heads come from models built alike (smp's public API
+    # builds decoders); their encoders, random and unused, are dropped by extend_smp
+    more = [_create_smp(arch, config, 1, kwargs, pretrained=False)
+            for _ in range(config.presence_channels - 1)] if per_class else []
+    if config.extra:
+        net = extend_smp(net, config.extra, more, softmax=not config.multilabel)
+    return SegmentationNet(net, 32, config.presence_head)
+
+
+def _create_smp(arch: str, config: ModelConfig, logits: int, kwargs: dict[str, Any],
+                pretrained: bool = True) -> nn.Module:
+    """smp's model with ``logits`` output maps; the encoder weights of ``config`` if
+    ``pretrained``."""
+    import segmentation_models_pytorch as smp
+
+    weights = config.encoder_weights if pretrained else "none"
     try:
         net = smp.create_model(arch, encoder_name=config.encoder,
                                encoder_weights="imagenet" if weights == "imagenet" else None,
-                               in_channels=config.in_channels,
-                               classes=config.mask_channels, **kwargs)
+                               in_channels=config.in_channels, classes=logits, **kwargs)
     except (KeyError, ValueError, TypeError) as exc:
         raise NervesegError(f"cannot build {arch} with encoder {config.encoder}: "
                             f"{brief(exc)}") from None
@@ -239,11 +268,7 @@ def _build_smp(arch: str, config: ModelConfig) -> SegmentationNet:
         raise offline_weights_error(config.encoder, exc) from None
     if weights not in ("none", "imagenet", "", None):
         load_encoder_weights(net.encoder, Path(weights), config.in_channels)
-    if config.extra:
-        from nerveseg_cli.models.smp_extras import extend_smp
-
-        net = extend_smp(net, config.extra)
-    return SegmentationNet(net, 32, config.presence_head)
+    return net
 
 
 def _smp_builder(arch: str) -> Builder:

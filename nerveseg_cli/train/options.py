@@ -45,6 +45,7 @@ class TrainOptions(DictRecord):
     activation: str | None = None
     context: str | None = None
     fusion: str | None = None
+    decoders: str | None = None
     # data and geometry
     label: int | None = None  # masks are label maps: foreground = value N
     classes: str | None = None  # a multi-class task: names (background first) or a count

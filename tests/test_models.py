@@ -287,13 +287,16 @@ def test_per_class_decoders_are_half_width_and_cost_less_than_a_shared_one() -> 
         shared = build_model(ModelConfig("unet", "resnet18", "none", 1, None, False, None, 3))
     per_class = per_class_net(3)
     assert [b.conv2[0].out_channels for b in per_class.net.model.decoder.blocks] == \
-        [128, 64, 32, 16, 8]
+        [128, 64, 32, 16, 16]
     assert count_parameters(per_class) < count_parameters(shared)
 
 
 def test_per_class_decoders_take_the_other_unet_options() -> None:
-    model = per_class_net(3, extra={"skip": "sharp", "context": "rpa", "activation": "mish"},
-                          presence=True)
+    torch.manual_seed(0)
+    config = per_class_config(3, extra={"skip": "sharp", "context": "rpa",
+                                        "activation": "mish"}, presence=True)
+    config.decoder_attention = "scse"
+    model = build_model(config).eval()
     for decoder in [model.net.model.decoder, *model.net.class_decoders]:
         assert nn.Mish in {type(m) for m in decoder.modules()}
         assert nn.ReLU not in {type(m) for m in decoder.modules()}

@@ -229,10 +229,6 @@ def _build_smp(arch: str, config: ModelConfig) -> SegmentationNet:
     if per_class and config.classes <= 2:
         raise NervesegError("--decoders per-class needs several classes (--classes): a binary "
                             "model has one decoder")
-    if per_class and config.decoder_attention:
-        # scse squeezes channels 16-fold: the 8 of a half-width last stage would become 0
-        raise NervesegError("--decoders per-class and --decoder-attention exclude each other "
-                            "(the half-width decoders' last stage is too narrow for scse)")
     if per_class:
         kwargs["decoder_channels"] = PER_CLASS_DECODER_CHANNELS
     presence = {"aux_params": {"classes": config.presence_channels, "dropout": 0.2}} \

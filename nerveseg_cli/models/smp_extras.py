@@ -8,10 +8,10 @@
 - ``fusion apf`` (unet): the outputs of the last three decoder blocks (read with forward hooks)
   are fused by seed 002's APF module, which feeds the segmentation head.
 - ``decoders per-class`` (unet, several classes): one decoder and head per foreground class on
-  the shared encoder, each at half the decoder channels, so that two classes cost no more than
-  one full decoder. Under a softmax the background logit is a constant 0 (a softmax is the same
-  for logits shifted together, so one of them can be fixed), each class's decoder giving its
-  own logit against it.
+  the shared encoder, each at half the decoder channels but for the last stage's 16, so that
+  two classes cost about one shared decoder. Under a softmax the background logit is a
+  constant 0 (a softmax is the same for logits shifted together, so one of them can be
+  fixed), each class's decoder giving its own logit against it.
 
 :class:`UnetWithExtras` runs the smp model's own encoder, decoder and heads in that order and
 changes only what flows between them.
@@ -32,9 +32,11 @@ from nerveseg_cli.models.blocks import SharpenSkip, check_skip, replace_activati
 CONTEXTS = ("none", "rpa")
 FUSIONS = ("none", "apf")
 DECODERS = ("shared", "per-class")
-# smp Unet's default decoder channels halved: two classes' decoders then cost about one full
-# decoder (a 3-class epoch 0.94x the shared one's, docs/performance.md "Several classes").
-PER_CLASS_DECODER_CHANNELS = (128, 64, 32, 16, 8)
+# smp Unet's default decoder channels halved, but for the full-resolution stage: two classes'
+# decoders then cost about one shared decoder. With 8 channels there, a class's decoder could
+# leave every channel off (ReLU) on that class's pixels from the first epoch and never learn
+# it (2 of 9 usgra-seg runs); 16 keep the shared decoder's width where the logits are made.
+PER_CLASS_DECODER_CHANNELS = (128, 64, 32, 16, 16)
 
 
 def check_smp_extras(arch: str, extra: dict[str, Any]) -> None:

@@ -77,6 +77,17 @@ def test_resumable_folder_keeps_what_a_resume_can_use(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["1.png", "prediction.json"]
 
 
+def test_resuming_removes_the_temporary_files_a_kill_left(tmp_path: Path) -> None:
+    maps = tmp_path / "maps"
+    (maps / "nerve").mkdir(parents=True)
+    for rel in ("1.png", ".2.png.abc123.tmp", "nerve/3.png", "nerve/.4.png.x9.tmp", "notes.tmp"):
+        (maps / rel).write_text("x")
+    with Outputs() as outputs:
+        outputs.resumable_folder(maps, resume=True)
+    left = sorted(str(p.relative_to(maps)) for p in maps.rglob("*") if p.is_file())
+    assert left == ["1.png", "nerve/3.png", "notes.tmp"]  # only hidden atomic-write temps go
+
+
 def test_a_failed_write_names_the_output_not_the_temporary_file(tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch
                                                                ) -> None:

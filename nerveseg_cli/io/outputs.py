@@ -57,6 +57,14 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO
         raise
 
 
+def remove_interrupted_writes(folder: Path) -> None:
+    """Delete the temporary files of atomic writes a killed process left (``kill -9`` lands
+    between writing one and renaming it) in ``folder`` and its subfolders (class folders):
+    they never became outputs, and a resumed run writes those files again."""
+    for stray in [*folder.glob(".*.tmp"), *folder.glob("*/.*.tmp")]:
+        stray.unlink(missing_ok=True)
+
+
 def write_error(path: Path, exc: OSError) -> NervesegError:
     """A failed write, named by its output (read-only place, disk full ...)."""
     return NervesegError(f"{path}: cannot write ({exc.strerror or type(exc).__name__})")
@@ -278,6 +286,8 @@ class Outputs:
         self._guard(path, is_folder=True)
         check_output_dir(path, overwrite, resume)
         existed = path.is_dir()
+        if resume and existed:
+            remove_interrupted_writes(path)
         before = {p.name for p in path.iterdir()} if existed else set()
         self._make_parents(path)
         try:

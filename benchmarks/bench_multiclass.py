@@ -95,12 +95,11 @@ def run_all(manifest: Path, work: Path, args: argparse.Namespace) -> list[dict]:
     settings = {"epochs": args.epochs, "size": f"{args.size}x{args.size}",
                 "device": args.device, "workers": 2, "save_every": "end",
                 "threads": max(1, available_cores() // args.jobs), **args.extra}
-    # runs of one protocol share a key, the seed apart; the 3-class runs' own options join
-    # theirs, so binary runs are reused by a call that changes only --set-classes
-    keys = {name: json.dumps({**settings, **({f"3-class {k}": v for k, v
-                                                 in args.class_extra.items()}
-                                              if name == "3-class" else {})}, sort_keys=True)
-            for name in TASKS}
+    # a task's settings (the 3-class runs' own options joined) are its runs' key, the seed
+    # apart, so binary runs are reused by a call that changes only --set-classes
+    task_settings = {name: {**settings, **(args.class_extra if name == "3-class" else {})}
+                     for name in TASKS}
+    keys = {name: json.dumps(task_settings[name], sort_keys=True) for name in TASKS}
     done = [r for r in map(json.loads, results_file.read_text().splitlines())
             if r["settings"] == keys[r["task"]]] if results_file.exists() else []
     todo = [(seed, fold, name) for seed in args.seeds for fold in range(args.folds)
@@ -111,8 +110,8 @@ def run_all(manifest: Path, work: Path, args: argparse.Namespace) -> list[dict]:
     with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
         futures = [pool.submit(train_run, manifest, fold, name, work / run_name(name, fold, seed,
                                                                         args.class_extra),
-                               {**settings, **(args.class_extra if name == "3-class" else {}),
-                                "seed": seed}) for seed, fold, name in todo]
+                               {**task_settings[name], "seed": seed})
+                   for seed, fold, name in todo]
         for future in concurrent.futures.as_completed(futures):
             result = future.result()
             result["settings"] = keys[result["task"]]

@@ -35,13 +35,19 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
 
+def _temporary_beside(path: Path) -> tuple[int, str]:
+    """A new hidden temporary file ``.NAME.XXXX.tmp`` beside ``path`` (the pattern
+    :func:`remove_interrupted_writes` deletes)."""
+    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+
+
 @contextmanager
 def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
     """Open a temp file beside ``path`` and rename it over ``path`` only on success."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = _temporary_beside(path)
     except OSError as exc:
         raise write_error(path, exc) from None
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs get the usual mode
@@ -82,7 +88,7 @@ def atomic_write_files(files: list[tuple[Path, bytes]]) -> None:
     temporaries: list[tuple[str, Path]] = []
     try:
         for path, data in files:
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            fd, tmp = _temporary_beside(path)
             temporaries.append((tmp, path))
             os.chmod(tmp, 0o666 & ~_UMASK)
             with os.fdopen(fd, "wb") as handle:

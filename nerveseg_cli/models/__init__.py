@@ -237,8 +237,9 @@ def _build_smp(arch: str, config: ModelConfig) -> SegmentationNet:
     net = _create_smp(arch, config, logits, {**kwargs, **presence})
     # the other classes' decoders and heads come from models built alike (smp's public API
     # builds decoders); their encoders, random and unused, are dropped by extend_smp
+    foreground = config.classes - 1
     more = [_create_smp(arch, config, 1, kwargs, pretrained=False)
-            for _ in range(config.presence_channels - 1)] if per_class else []
+            for _ in range(foreground - 1)] if per_class else []
     if config.extra:
         net = extend_smp(net, config.extra, more, softmax=not config.multilabel)
     return SegmentationNet(net, 32, config.presence_head)

@@ -119,7 +119,7 @@ class UnetWithExtras(nn.Module):
             decoded = self.fusion(self._pyramid)
             self._pyramid = []
         masks = self.model.segmentation_head(decoded)
-        if not len(self.class_decoders) and not self.background_logit:
+        if not self.class_decoders:  # one decoder (a per-class model has two or more)
             return masks
         logits = [masks, *(head(decoder(features)) for decoder, head
                            in zip(self.class_decoders, self.class_heads, strict=True))]

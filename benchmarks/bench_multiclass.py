@@ -19,7 +19,7 @@ multi-class scoring speed.
 Run: .venv/bin/python benchmarks/bench_multiclass.py [--epochs 10] [--folds 5] [--size 256]
      [--only cv|score] [--pairs 5000] [--set KEY=VALUE ...] (extra train options)
      [--set-classes KEY=VALUE ...] (extra train options of the 3-class runs only, e.g.
-     decoders=per-class)
+     decoders=shared, the one decoder of the defaults before per-class)
      [--jobs 2] (runs at once, the cores shared out) [--work DIR] (keep runs; resumable)
      [--seeds 0,1,2] (each run once per seed)
 Data: $NERVESEG_USGRA_DATA or ../shared/data/usgra-seg (part 1 is skipped without it).

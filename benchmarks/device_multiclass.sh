@@ -11,7 +11,7 @@
 #   bash benchmarks/device_multiclass.sh
 # Settings: SEEDS [0,1,2], EPOCHS [20], SIZE [256], FOLDS [5], JOBS [8], LIMIT seconds of
 # training [520], DEVICE [cuda], PY [python3] (a check here: PY=.venv/bin/python DEVICE=cpu),
-# CLASS_SET [none] (a 3-class train option, e.g. decoders=per-class; binary runs are reused).
+# CLASS_SET [none] (a 3-class train option, e.g. decoders=shared; binary runs are reused).
 # What it left in $OUT: results.jsonl (one line per finished training) and log.txt. A second
 # call while the machine is still warm resumes from /tmp/mc-device; a cold one starts over.
 set -euo pipefail

@@ -202,10 +202,10 @@ def test_train_records_classes_and_per_class_dice(chain: dict[str, Any]) -> None
 
 
 def test_per_class_decoders_train_and_predict(chain: dict[str, Any], tmp_path: Path) -> None:
+    """A unet of several classes gets a decoder per class by default, recorded in its run."""
     run, probs = tmp_path / "run", tmp_path / "probs"
     ok("train", chain["root"] / "folds.csv", "--classes", CLASSES, "--arch", "unet",
-       "--decoders", "per-class", "--size", "64x64", "--epochs", "1", "--batch-size", "8",
-       "--out", run, *CPU)
+       "--size", "64x64", "--epochs", "1", "--batch-size", "8", "--out", run, *CPU)
     assert json.loads((run / "config.json").read_text())["model"]["extra"] == \
         {"decoders": "per-class"}
     ok("predict", run, chain["data"] / "test", "--out", probs, *CPU)

@@ -101,6 +101,36 @@ def test_resume_takes_the_runs_options_unless_given(tmp_path: Path) -> None:
     assert options.workers == 1 and options.epochs == 9  # given: train() compares them
 
 
+@pytest.mark.parametrize(("given", "decoders"), [
+    ({"classes": "3"}, "per-class"),  # several classes on unet: a decoder per class
+    ({"classes": "background,nerve,vessel", "multilabel": True}, "per-class"),
+    ({"classes": "3", "decoders": "shared"}, "shared"),  # given: kept
+    ({"classes": "3", "fusion": "apf"}, None),  # APF fuses one decoder's levels
+    ({"classes": "3", "arch": "unetplusplus"}, None),  # per-class decoders are unet's
+    ({"classes": "2"}, None),  # two classes are the binary task
+    ({}, None),  # binary: unchanged
+])
+def test_decoders_default_per_class_for_a_unet_of_several_classes(
+        given: dict[str, object], decoders: str | None) -> None:
+    options = resolve_train_options(given).options
+    assert options.decoders == decoders
+    extra = options.model_config().extra or {}
+    assert extra.get("decoders") == decoders
+
+
+def test_a_resumed_run_keeps_the_decoders_it_was_trained_with(tmp_path: Path) -> None:
+    """A multi-class run from before the per-class default has no decoders value: it had
+    one shared decoder, and resuming it must build that again."""
+    saved = TrainOptions(manifest="m.csv", classes="3")
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model": {"arch": "unet", "classes": 3}, "geometry": {"mode": "pad", "width": 32,
+                                                                "height": 32},
+        "normalization": {"mean": 0.5, "std": 0.2}, "classes": ["background", "a", "b"],
+        "training": saved.to_dict()}))
+    options = resolve_train_options(DEFAULTS.to_dict(), resume=tmp_path).options
+    assert options.classes == "3" and options.decoders is None
+
+
 def test_save_every_reads_epochs_times_both_or_end() -> None:
     from nerveseg_cli.train.checkpoints import SavePolicy
 

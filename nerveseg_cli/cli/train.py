@@ -139,7 +139,8 @@ def train_command(
         "(unet).", show_default=False)] = _D.fusion,
     decoders: Annotated[str | None, _opt(
         P_MODEL, "shared, or per-class: with --classes, one half-width decoder per class on "
-        "the shared encoder (unet; docs/train.md).", show_default=False)] = _D.decoders,
+        "the shared encoder (unet; the default there but with --fusion apf; docs/train.md).",
+        show_default=False)] = _D.decoders,
     label: Label = _D.label,
     classes: ClassesOption = _D.classes,
     multilabel: Annotated[bool, _opt(

@@ -253,6 +253,8 @@ def resolve_train_options(given: Mapping[str, Any], explicit: Collection[str] = 
     for key, default in VALIDATION_DEFAULTS.items():
         values[key] = default if values[key] is None else values[key]
     check_encoder_applies(values["arch"], values["encoder"], "encoder" in explicit)
+    if resume is None:  # a resumed run keeps its own (runs from before this default: shared)
+        values["decoders"] = default_decoders(values)
     if resume is not None:
         from nerveseg_cli.runs import read_config
 
@@ -261,6 +263,19 @@ def resolve_train_options(given: Mapping[str, Any], explicit: Collection[str] = 
         # from the run.
         values = {k: (values[k] if k in explicit else saved.get(k, values[k])) for k in values}
     return ResolvedTraining(TrainOptions.from_dict(values).validate(origin), inference)
+
+
+def default_decoders(values: Mapping[str, Any]) -> str | None:
+    """``decoders`` unless given: ``per-class`` for a unet of several classes (without APF,
+    which fuses one decoder's levels), as it lifted the vessel over the shared decoder on
+    usgra-seg at the same epoch time (docs/performance.md, "Several classes"); else unset
+    (one decoder). Resolved when a run starts and stored with it."""
+    if values["decoders"] is not None or values["arch"] != "unet" or values["fusion"] == "apf" \
+            or values["classes"] is None:
+        return values["decoders"]
+    from nerveseg_cli.classes import Classes
+
+    return None if Classes.parse(str(values["classes"])).binary else "per-class"
 
 
 def _check_recipe_arch(arch: str, origin: Mapping[str, str]) -> None:

@@ -253,9 +253,9 @@ def resolve_train_options(given: Mapping[str, Any], explicit: Collection[str] = 
     for key, default in VALIDATION_DEFAULTS.items():
         values[key] = default if values[key] is None else values[key]
     check_encoder_applies(values["arch"], values["encoder"], "encoder" in explicit)
-    if resume is None:  # a resumed run keeps its own (runs from before this default: shared)
+    if resume is None:  # resolved for a new run and stored with it: a resumed run keeps its own
         values["decoders"] = default_decoders(values)
-    if resume is not None:
+    else:
         from nerveseg_cli.runs import read_config
 
         saved = read_config(resume).training

@@ -270,12 +270,15 @@ def default_decoders(values: Mapping[str, Any]) -> str | None:
     which fuses one decoder's levels), as it lifted the vessel over the shared decoder on
     usgra-seg at the same epoch time (docs/performance.md, "Several classes"); else unset
     (one decoder). Resolved when a run starts and stored with it."""
-    if values["decoders"] is not None or values["arch"] != "unet" or values["fusion"] == "apf" \
-            or values["classes"] is None:
+    if values["decoders"] is not None or values["fusion"] == "apf" or values["classes"] is None:
         return values["decoders"]
     from nerveseg_cli.classes import Classes
+    from nerveseg_cli.models import arch_spec
 
-    return None if Classes.parse(str(values["classes"])).binary else "per-class"
+    if Classes.parse(str(values["classes"])).binary:
+        return None
+    # the registry knows which architectures take the option (smp's unet)
+    return "per-class" if "decoders" in arch_spec(values["arch"]).options else None
 
 
 def _check_recipe_arch(arch: str, origin: Mapping[str, str]) -> None:

@@ -205,7 +205,7 @@ def loop_figures(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
     """Loader alone, model step alone and the whole loop, in this process."""
     import torch
 
-    from nerveseg_cli.device import resolve_amp, resolve_device
+    from nerveseg_cli.device import resolve_amp, resolve_device, step_generator
     from nerveseg_cli.io.datasets import discover_images, write_manifest
     from nerveseg_cli.io.images import parse_size
     from nerveseg_cli.models import build_model
@@ -213,7 +213,7 @@ def loop_figures(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
     from nerveseg_cli.train import TrainOptions, train
     from nerveseg_cli.train.augment import augment_batch
     from nerveseg_cli.train.data import cache_samples, choose_geometry, epoch_batches
-    from nerveseg_cli.train.engine import _batch_tensors
+    from nerveseg_cli.train.engine import load_batch
 
     width, height = parse_size(args.size)
     device = resolve_device(args.device)
@@ -241,9 +241,10 @@ def loop_figures(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
         generator = torch.Generator().manual_seed(0)
         batches = epoch_batches(data.positive, args.batch_size, None, generator) * 3
         start = time.perf_counter()
-        for index in batches:
-            images, masks = _batch_tensors(data, index, device, device.type == "cuda")
-            augment_batch(images.float() / 255, masks.float(), augment, generator)
+        for step, index in enumerate(batches):  # as the loop does: a generator per step
+            batch = load_batch(data, index, device)
+            augment_batch(batch.images.float() / 255, batch.masks.float(), augment,
+                          step_generator(step, device))
         if device.type == "cuda":
             torch.cuda.synchronize()
         loader_rate = sum(len(b) for b in batches) / (time.perf_counter() - start)

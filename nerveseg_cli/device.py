@@ -21,29 +21,55 @@ CPU_MAX = "/sys/fs/cgroup/cpu.max"  # cgroup v2: "QUOTA PERIOD" microseconds, or
 
 
 def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
-    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``; under torchrun a plain
-    ``cuda`` means this process's own GPU."""
+    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``; a CUDA device always
+    carries its index. Under torchrun (``local_rank`` given) a plain ``cuda`` is this process's
+    own GPU: the LOCAL_RANK-th visible one, or the only one where a launcher gave each process
+    its own ``CUDA_VISIBLE_DEVICES``."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise NervesegError(f"--device {name}: CUDA is not available on this machine")
-        if local_rank is not None and name == "cuda":
-            name = f"cuda:{local_rank}"
-    elif name != "cpu":
+    if name == "cpu":
+        return torch.device("cpu")
+    if name != "cuda" and not (name.startswith("cuda:") and name[5:].isdigit()):
         raise NervesegError(f"--device {name!r}: use auto, cpu, cuda or cuda:N")
-    return torch.device(name)
+    if not torch.cuda.is_available():
+        raise NervesegError(f"--device {name}: CUDA is not available on this machine")
+    count = torch.cuda.device_count()
+    if name != "cuda":
+        index = int(name[5:])
+    elif local_rank is None:
+        index = torch.cuda.current_device()
+    else:
+        index = 0 if count == 1 else local_rank
+    if index >= count:
+        whose = f"process LOCAL_RANK {local_rank}" if name == "cuda" else f"--device {name}"
+        raise NervesegError(f"{whose}: no such GPU ({count} visible"
+                            + (", CUDA_VISIBLE_DEVICES=" + os.environ["CUDA_VISIBLE_DEVICES"]
+                               if "CUDA_VISIBLE_DEVICES" in os.environ else "") + ")")
+    return torch.device("cuda", index)
+
+
+# bf16 runs natively from compute capability 8.0 (Ampere: A100, A10, RTX 30xx; Hopper). Older
+# GPUs (T4 7.5, V100 7.0, P100 6.0) only emulate it, slowly, though torch.cuda.is_bf16_supported()
+# counts emulation: they get fp16 with a gradient scaler.
+BF16_CAPABILITY = (8, 0)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` (a CUDA device) computes bf16 natively: its own capability, not the
+    current device's."""
+    return tuple(torch.cuda.get_device_capability(device)) >= BF16_CAPABILITY
 
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``--amp`` on ``device``, or None for full precision. ``auto`` is
-    bf16 on CUDA when the GPU supports it (else fp16) and off on the CPU."""
+    bf16 on a CUDA GPU of compute capability 8.0 or more, fp16 (with a gradient scaler in
+    training) on older GPUs, and off on the CPU."""
     if amp not in AMP_CHOICES:
         raise NervesegError(f"--amp {amp!r}: use {', '.join(AMP_CHOICES[:-1])} or off")
     if amp == "off" or (amp == "auto" and device.type != "cuda"):
         return None
     if amp == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if native_bf16(device) else torch.float16
     if amp == "fp16" and device.type != "cuda":
         raise NervesegError("--amp fp16 needs CUDA; use bf16 or off on the CPU")
     return torch.bfloat16 if amp == "bf16" else torch.float16
@@ -58,17 +84,40 @@ def autocast_for(device: torch.device, dtype: torch.dtype | None
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
-    """Seed Python, numpy and torch; ``deterministic`` also forces deterministic kernels."""
+    """Seed Python, numpy and torch; ``deterministic`` forces deterministic kernels (and its
+    absence lifts an earlier run's choice in the same process)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=False)
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    elif torch.cuda.is_available():
-        torch.backends.cudnn.benchmark = True
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic and torch.cuda.is_available()
+
+
+def derived_seed(seed: int, *keys: int) -> int:
+    """A 63-bit seed for the stream named by ``keys`` (e.g. rank, epoch, step) of a run seeded
+    with ``seed``: well mixed (numpy's SeedSequence), so neighbouring keys share nothing."""
+    words = np.random.SeedSequence([seed % 2**63, *keys]).generate_state(2, np.uint32)
+    return (int(words[0]) << 31) ^ int(words[1])
+
+
+def step_generator(seed: int, device: torch.device) -> torch.Generator:
+    """A generator on ``device`` seeded with ``seed``: random numbers drawn where they are
+    used, so no parameter crosses from the host (a copy that would wait for the GPU)."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    return generator
+
+
+def seed_global(seed: int, device: torch.device) -> None:
+    """Seed torch's global generators of the CPU and of ``device`` (dropout draws from the one
+    of the device it runs on); other GPUs are left alone."""
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            torch.cuda.manual_seed(seed)  # the current device's alone
 
 
 # --------------------------------------------------------------------------------------------

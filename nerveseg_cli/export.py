@@ -337,9 +337,11 @@ def export_model(model: Any, config: RunConfig, *, opset: int = DEFAULT_OPSET,
     scale (:class:`Difference`)."""
     import torch
 
+    from nerveseg_cli.engines import import_onnxruntime  # not at the top: engines imports us
     from nerveseg_cli.models.exportable import exportable
 
     _check_settings(opset, tolerance)
+    onnxruntime = import_onnxruntime()  # missing: refused before the export, which takes a while
     arch = config.model.arch
     model = model.cpu().eval()
     graph, replaced = exportable(model)
@@ -384,7 +386,6 @@ def export_model(model: Any, config: RunConfig, *, opset: int = DEFAULT_OPSET,
         raise NervesegError(f"{where}: --arch {arch} cannot be exported to ONNX "
                             f"({failures[-1]}); not exported")
     import onnx
-    import onnxruntime
 
     from nerveseg_cli.postprocess import resolve_postprocess
 

@@ -74,7 +74,7 @@ def test_two_class_label_maps_move_exactly_as_binary_masks() -> None:
     images, masks = batch()
     _, binary = augment_batch(images, masks, GEOMETRIC, torch.Generator().manual_seed(4))
     _, labels = augment_batch(images, masks, GEOMETRIC, torch.Generator().manual_seed(4),
-                              labels=True)
+                              classes=2)
     assert torch.equal(labels, binary)
 
 
@@ -86,7 +86,7 @@ def test_label_maps_move_each_class_as_its_own_mask_and_keep_their_values() -> N
     vessel[:, :, 8:16, 22:29] = 1  # 13 pixels from the nerve: no output pixel sees both
     labels = nerve + 3 * vessel  # classes 1 and 3, class 2 absent
     _, moved = augment_batch(images, labels, GEOMETRIC, torch.Generator().manual_seed(5),
-                             labels=True)
+                             classes=4)
     assert set(moved.unique().tolist()) <= {0.0, 1.0, 3.0}
     for value, mask in ((1, nerve), (3, vessel)):
         _, alone = augment_batch(images, mask, GEOMETRIC, torch.Generator().manual_seed(5))
@@ -97,5 +97,5 @@ def test_background_only_label_maps_stay_background() -> None:
     images, _ = batch(4)
     empty = torch.zeros(4, 1, 24, 32)
     _, moved = augment_batch(images, empty, GEOMETRIC, torch.Generator().manual_seed(6),
-                             labels=True)
+                             classes=3)
     assert torch.equal(moved, empty)

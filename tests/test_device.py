@@ -28,8 +28,9 @@ def test_fp16_needs_cuda_and_unknown_modes_are_refused() -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_amp_on_cuda() -> None:
-    cuda = torch.device("cuda")
-    expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    cuda = resolve_device("cuda")
+    expected = torch.bfloat16 if torch.cuda.get_device_capability(cuda) >= (8, 0) \
+        else torch.float16
     assert resolve_amp("auto", cuda) is expected
     assert resolve_amp("fp16", cuda) is torch.float16
 

@@ -2,23 +2,32 @@
 exported model and of a run folder exported on the fly equal torch's within one grey level, with
 flip TTA, two runs merged by ASME, shares (``--part``) and ``--resume``; the options that apply
 to torch only are refused; and the path from an ``.onnx`` file to the maps never imports torch.
+ONNX Runtime's CUDA provider, with a faked provider list and session: asked for and missing, or
+dropped by the session, an error with ``--device cuda``, a warning with ``auto``.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import json
 import shutil
 import subprocess
 import sys
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import pytest
 import torch
 
+from nerveseg_cli.engines import ort_providers, ort_session
+from nerveseg_cli.errors import NervesegError, NervesegWarning
 from nerveseg_cli.export import export_run
 from nerveseg_cli.runs import BEST, load_run, save_weights
-from tests.conftest import assert_one_line_error
+from tests.conftest import assert_one_line_error, run_cli
 from tests.hostile import assert_refused
 
 CPU = ["--device", "cpu", "--workers", "1"]
@@ -171,3 +180,222 @@ def test_the_onnx_path_never_imports_torch(models: dict[str, Path], tmp_path: Pa
     assert done.returncode == 0, done.stdout + done.stderr
     assert "torch modules: []" in done.stdout
     assert len(list((tmp_path / "p").glob("*.png"))) == len(list(models["images"].iterdir()))
+
+
+# --------------------------------------------------------------------------------------------
+# the CUDA provider, faked
+
+CPU_EP, CUDA_EP = "CPUExecutionProvider", "CUDAExecutionProvider"
+
+
+@dataclass
+class FakeOrt:
+    """What the faked onnxruntime offers (``available``), what its sessions end up with
+    (``got``; ``real``: a real CPU session of the model, for runs through the CLI), the
+    provider lists sessions were made with, the ``preload_dlls`` calls and the packages
+    installed."""
+
+    available: list[str] = field(default_factory=lambda: [CPU_EP])
+    got: list[str] = field(default_factory=lambda: [CPU_EP])
+    real: bool = False
+    made: list[list[Any]] = field(default_factory=list)
+    preloads: int = 0
+    packages: set[str] = field(default_factory=lambda: {"onnxruntime"})
+
+
+@pytest.fixture
+def fake_ort(monkeypatch: pytest.MonkeyPatch) -> FakeOrt:
+    import onnxruntime
+
+    fake, real_session = FakeOrt(), onnxruntime.InferenceSession
+
+    class Session:
+        def __init__(self, data: bytes, options: Any, providers: list[Any]) -> None:
+            fake.made.append(providers)
+            self.real = real_session(data, options, providers=[CPU_EP]) if fake.real else None
+
+        def get_providers(self) -> list[str]:
+            return list(fake.got)
+
+        def __getattr__(self, name: str) -> Any:  # run, get_inputs ...: the real session's
+            return getattr(self.real, name)
+
+    def preload_dlls() -> None:
+        fake.preloads += 1
+
+    def distribution(name: str) -> Any:
+        if name not in fake.packages:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return name
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: list(fake.available))
+    monkeypatch.setattr(onnxruntime, "InferenceSession", Session)
+    monkeypatch.setattr(onnxruntime, "preload_dlls", preload_dlls, raising=False)
+    monkeypatch.setattr(importlib.metadata, "distribution", distribution)
+    return fake
+
+
+def assert_one_line(error: pytest.ExceptionInfo[NervesegError], *fragments: str) -> None:
+    message = str(error.value)
+    assert "\n" not in message, message
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_cuda_asked_of_an_onnx_runtime_without_it_names_the_gpu_extra(
+        fake_ort: FakeOrt, device: str) -> None:
+    with pytest.raises(NervesegError) as error:
+        ort_providers(device)
+    assert_one_line(error, f"--device {device}", "no CUDA provider", CPU_EP,
+                    "pip install 'nerveseg-cli[onnx-gpu]'",
+                    "pip uninstall -y onnxruntime onnxruntime-gpu", "--device cpu")
+    assert "both" not in str(error.value)
+    assert fake_ort.preloads == 0
+
+
+def test_cuda_asked_with_both_packages_installed_says_one_overwrote_the_other(
+        fake_ort: FakeOrt) -> None:
+    fake_ort.packages = {"onnxruntime", "onnxruntime-gpu"}
+    with pytest.raises(NervesegError) as error:
+        ort_providers("cuda")
+    assert_one_line(error, "both onnxruntime and onnxruntime-gpu are installed", "overwrote",
+                    "pip uninstall -y onnxruntime onnxruntime-gpu",
+                    "pip install 'nerveseg-cli[onnx-gpu]'")
+    fake_ort.available = [CUDA_EP, CPU_EP]  # the GPU package won, but its libraries are missing
+    with pytest.raises(NervesegError) as error:
+        ort_session(b"model", "cuda")
+    assert_one_line(error, CUDA_EP, "both onnxruntime and onnxruntime-gpu are installed")
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_a_session_that_fell_back_to_the_cpu_is_an_error_with_cuda_asked(
+        fake_ort: FakeOrt, device: str) -> None:
+    fake_ort.available = [CUDA_EP, CPU_EP]
+    with pytest.raises(NervesegError) as error:
+        ort_session(b"model", device)
+    assert_one_line(error, f"--device {device}", f"got {CPU_EP}, not {CUDA_EP}",
+                    "CUDA or cuDNN libraries were not found", "--device cpu")
+    index = int(device[5:]) if ":" in device else 0
+    assert fake_ort.made == [[(CUDA_EP, {"device_id": index}), CPU_EP]]
+    assert fake_ort.preloads == 1
+
+
+def test_a_session_that_fell_back_with_auto_warns_and_runs_on_the_cpu(fake_ort: FakeOrt) -> None:
+    fake_ort.available = [CUDA_EP, CPU_EP]
+    with pytest.warns(NervesegWarning, match=f"--device auto: .*got {CPU_EP}, not {CUDA_EP}"):
+        session = ort_session(b"model", "auto")
+    assert session.get_providers() == [CPU_EP]
+    assert fake_ort.made == [[CUDA_EP, CPU_EP]]
+    assert fake_ort.preloads == 1
+
+
+@pytest.mark.parametrize("device", ["auto", "cuda", "cuda:0"])
+def test_a_session_on_cuda_passes_quietly(fake_ort: FakeOrt, device: str) -> None:
+    fake_ort.available = fake_ort.got = [CUDA_EP, CPU_EP]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ort_session(b"model", device).get_providers() == [CUDA_EP, CPU_EP]
+    assert fake_ort.preloads == 1
+
+
+@pytest.mark.parametrize(("device", "available"), [
+    ("auto", [CPU_EP]), ("cpu", [CPU_EP]), ("cpu", [CUDA_EP, CPU_EP])])
+def test_no_cuda_wanted_means_cpu_only_no_preload_no_warning(
+        fake_ort: FakeOrt, device: str, available: list[str]) -> None:
+    fake_ort.available = available
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ort_session(b"model", device)
+    assert fake_ort.made == [[CPU_EP]]
+    assert fake_ort.preloads == 0
+
+
+def test_an_onnx_runtime_without_preload_dlls_still_checks_the_session(
+        fake_ort: FakeOrt, monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnxruntime
+
+    monkeypatch.delattr(onnxruntime, "preload_dlls")  # before 1.21
+    fake_ort.available = fake_ort.got = [CUDA_EP, CPU_EP]
+    ort_session(b"model", "cuda")
+    fake_ort.got = [CPU_EP]
+    with pytest.raises(NervesegError, match=CUDA_EP):
+        ort_session(b"model", "cuda")
+
+
+def test_a_failing_preload_is_reported_by_the_provider_check(
+        fake_ort: FakeOrt, monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnxruntime
+
+    def preload_dlls() -> None:
+        raise RuntimeError("Invalid parameter of directory=x. The directory does not exist!")
+
+    monkeypatch.setattr(onnxruntime, "preload_dlls", preload_dlls)
+    fake_ort.available = [CUDA_EP, CPU_EP]
+    with pytest.raises(NervesegError) as error:
+        ort_session(b"model", "cuda")
+    assert_one_line(error, "preload_dlls failed: Invalid parameter", CUDA_EP)
+
+
+def test_onnx_runtime_printing_its_fallback_leaves_stdout_alone(
+        fake_ort: FakeOrt, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import onnxruntime
+
+    class Printing:
+        def __init__(self, data: bytes, options: Any, providers: list[Any]) -> None:
+            print("EP Error ... Falling back to ['CPUExecutionProvider'] and retrying.")
+
+        def get_providers(self) -> list[str]:
+            return [CPU_EP]
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", Printing)
+    fake_ort.available = [CUDA_EP, CPU_EP]
+    with pytest.warns(NervesegWarning):
+        ort_session(b"model", "auto")
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "Falling back" in captured.err
+
+
+@pytest.mark.parametrize("packages", [set(), {"onnxruntime", "onnxruntime-gpu"}])
+def test_onnx_runtime_missing_names_both_install_lines(
+        fake_ort: FakeOrt, monkeypatch: pytest.MonkeyPatch, packages: set[str]) -> None:
+    fake_ort.packages = packages
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime fails
+    for call in (lambda: ort_providers("cpu"), lambda: ort_session(b"model", "auto")):
+        with pytest.raises(NervesegError) as error:
+            call()
+        assert_one_line(error, "ONNX Runtime", "pip install 'nerveseg-cli[onnx]'",
+                        "pip install 'nerveseg-cli[onnx-gpu]'",
+                        "pip uninstall -y onnxruntime onnxruntime-gpu")
+        assert ("both onnxruntime and onnxruntime-gpu are installed" in str(error.value)) \
+            == bool(packages)
+
+
+def test_export_without_onnx_runtime_is_refused_before_exporting(
+        fake_ort: FakeOrt, workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    result = run_cli("export", workspace / "run", "--out", workspace / "m.onnx")
+    assert_one_line_error(result, "ONNX Runtime", "nerveseg-cli[onnx]", "nerveseg-cli[onnx-gpu]")
+    assert not (workspace / "m.onnx").exists()
+
+
+def test_predict_with_cuda_asked_and_a_session_on_the_cpu_is_refused(
+        fake_ort: FakeOrt, models: dict[str, Path], tmp_path: Path) -> None:
+    fake_ort.available, fake_ort.real = [CUDA_EP, CPU_EP], True
+    result = run_cli("predict", models["run.onnx"], models["images"], "--out", tmp_path / "p",
+                     "--engine", "onnxruntime", "--device", "cuda", "--workers", "1")
+    assert_one_line_error(result, "--device cuda", f"not {CUDA_EP}", "--device cpu")
+    assert not (tmp_path / "p").exists()
+
+
+def test_predict_with_auto_and_a_session_on_the_cpu_warns_once_and_runs(
+        fake_ort: FakeOrt, models: dict[str, Path], tmp_path: Path) -> None:
+    fake_ort.available, fake_ort.real = [CUDA_EP, CPU_EP], True
+    result = run_cli("predict", models["run.onnx"], models["images"], "--out", tmp_path / "p",
+                     "--engine", "onnxruntime", "--device", "auto", "--workers", "1", "--json")
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    assert json.loads(result.stdout)["written"] == len(list(models["images"].iterdir()))
+    lines = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(lines) == 1 and f"not {CUDA_EP}" in lines[0], result.stderr

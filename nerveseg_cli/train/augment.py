@@ -46,39 +46,43 @@ def parse_amount(text: str, name: str) -> tuple[float, float]:
     return amount, probability
 
 
-def resample_labels(labels: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    """Label maps (N, 1, H, W) sampled at ``grid`` by the rule of ``Geometry.forward_labels``:
-    each present class's indicator bilinearly, a pixel taking the foreground class of the
-    largest share if it beats the background's; two classes are the binary mask's rule."""
-    values = torch.unique(labels)
-    values = values[values > 0].view(1, -1, 1, 1)
+def resample_labels(labels: torch.Tensor, grid: torch.Tensor, classes: int) -> torch.Tensor:
+    """Label maps (N, 1, H, W) of values below ``classes`` sampled at ``grid`` by the rule of
+    ``Geometry.forward_labels``: each foreground class's indicator bilinearly, a pixel taking
+    the class of the largest share if it beats the background's; two classes are the binary
+    mask's rule. Every class is resampled, present or not: finding the present ones would wait
+    for the GPU."""
+    values = torch.arange(1, classes, device=labels.device, dtype=labels.dtype).view(1, -1, 1, 1)
     if values.numel() == 0:
-        return labels
+        return torch.zeros_like(labels)
     shares = F.grid_sample((labels == values).to(grid.dtype), grid, mode="bilinear",
                            padding_mode="reflection", align_corners=False)
     best, index = shares.max(1, keepdim=True)
-    chosen = values.view(-1)[index].to(labels.dtype)
+    chosen = (index + 1).to(labels.dtype)
     return torch.where(best > 1 - shares.sum(1, keepdim=True), chosen,
                        torch.zeros_like(chosen))
 
 
 def augment_batch(images: torch.Tensor, masks: torch.Tensor, config: AugmentConfig,
                   generator: torch.Generator,
-                  labels: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Augment a batch (N, C, H, W) of images in [0, 1] and masks in [0, 1] (``labels``:
-    label maps of class indices, which geometric transforms resample class by class).
+                  classes: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Augment a batch (N, C, H, W) of images in [0, 1] and masks in [0, 1] (``classes`` > 0:
+    label maps of class indices below it, which geometric transforms resample class by
+    class).
 
-    Random numbers come from ``generator`` (on the CPU) so that a run is reproducible and
-    resumable whatever the device.
+    Random numbers come from ``generator``, which lives on the images' device: no random
+    parameter is copied from the host, so the batch is augmented without waiting for the GPU.
+    The training loop seeds it for each step from the run's seed, the process and the step,
+    which makes a run reproducible and resumable at any step.
     """
     n = images.shape[0]
     device = images.device
 
     def draw(probability: float) -> torch.Tensor:
-        return (torch.rand(n, generator=generator) < probability).to(device)
+        return torch.rand(n, generator=generator, device=device) < probability
 
     def uniform(low: float, high: float) -> torch.Tensor:
-        return (low + (high - low) * torch.rand(n, generator=generator)).to(device)
+        return low + (high - low) * torch.rand(n, generator=generator, device=device)
 
     if config.hflip > 0:
         flip = draw(config.hflip).view(n, 1, 1, 1)
@@ -101,8 +105,8 @@ def augment_batch(images: torch.Tensor, masks: torch.Tensor, config: AugmentConf
         grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
         images = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection",
                                align_corners=False)
-        if labels:
-            masks = resample_labels(masks, grid)
+        if classes:
+            masks = resample_labels(masks, grid, classes)
         else:
             masks = F.grid_sample(masks, grid.to(masks.dtype), mode="bilinear",
                                   padding_mode="reflection", align_corners=False)
@@ -114,11 +118,7 @@ def augment_batch(images: torch.Tensor, masks: torch.Tensor, config: AugmentConf
     if config.noise[1] > 0 and config.noise[0] > 0:
         sigma, probability = config.noise
         which = draw(probability).view(n, 1, 1, 1)
-        # Pixel noise is drawn on the device from a seed taken from the CPU generator, so that
-        # no image-sized tensor crosses to the GPU and the run stays reproducible.
-        device_generator = torch.Generator(device=device)
-        device_generator.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
-        noise = torch.randn(images.shape, generator=device_generator, device=device,
+        noise = torch.randn(images.shape, generator=generator, device=device,
                             dtype=images.dtype)
         images = torch.where(which, (images + sigma * noise).clamp(0, 1), images)
     return images, masks

@@ -197,3 +197,16 @@ def epoch_batches(positive: np.ndarray, batch_size: int, balance: tuple[int, int
     pos = cycle(pos_idx, per_pos * steps).reshape(steps, per_pos)
     neg = cycle(neg_idx, per_neg * steps).reshape(steps, per_neg)
     return [np.concatenate([p, q]) for p, q in zip(pos, neg, strict=True)]
+
+
+def share_out(batches: list[np.ndarray], world: int) -> list[np.ndarray]:
+    """The epoch's batches made fit for ``world`` processes, each taking every world-th index of
+    every batch: every process must take the same number of steps (each step all-reduces), so
+    a last batch too short to give each process an image joins the one before it, and every
+    image is still seen exactly once. Only a training set smaller than ``world`` repeats
+    images."""
+    if world <= 1 or batches[-1].size >= world:
+        return batches
+    if len(batches) > 1:
+        return [*batches[:-2], np.concatenate(batches[-2:])]
+    return [np.resize(batches[0], world)]

@@ -25,10 +25,13 @@ from nerveseg_cli.device import (
     CpuMeter,
     autocast_for,
     available_cores,
+    derived_seed,
     resolve_amp,
     resolve_device,
     seed_everything,
+    seed_global,
     set_threads,
+    step_generator,
     threads_for_load,
 )
 from nerveseg_cli.errors import NervesegError
@@ -61,8 +64,10 @@ from nerveseg_cli.train.data import (
     image_shapes,
     parse_ratio,
     select_folds,
+    share_out,
 )
 from nerveseg_cli.train.distributed import Distributed
+from nerveseg_cli.train.dry_step import dry_step
 from nerveseg_cli.train.losses import class_targets, erosion_smoothed_targets, make_loss
 from nerveseg_cli.train.options import TrainOptions, compare_for_resume
 from nerveseg_cli.train.progress import (
@@ -81,6 +86,11 @@ NORMALISATION_SAMPLE = 256
 # Inside an epoch the thread team is resized to the load at most this often (seconds): often
 # enough to follow other jobs starting and ending, over windows long enough to measure them.
 ADAPT_SECONDS = 30.0
+# Under DDP the processes agree on a stop request every this many steps (an all-reduce, which
+# waits for the GPU), and at every epoch's end.
+STOP_POLL_STEPS = 16
+# Streams of random numbers derived from the run's seed, per process and step.
+AUGMENT_STREAM, GLOBAL_STREAM = 0, 1
 
 
 def _kaggle_dice(values: np.ndarray, truth: np.ndarray, level: int, min_area: int) -> float:
@@ -112,13 +122,15 @@ def train(options: TrainOptions, out: str | Path, *, overwrite: bool = False,
     :class:`~.signals.TrainingInterrupted` after saving when SIGTERM or Ctrl-C stopped it."""
     options.validate()
     threads = torch.get_num_threads()
+    dist = Distributed.from_env()
     try:
         with Outputs(inputs=[options.manifest or None]) as outputs:
-            trainer = Trainer(options, Path(out), reporter or Reporter(), outputs,
+            trainer = Trainer(options, Path(out), reporter or Reporter(), outputs, dist,
                               resume=resume, overwrite=overwrite, inference=inference)
             return trainer.run()
     finally:
         torch.set_num_threads(threads)  # --threads is this run's, not the caller's
+        dist.close()
 
 
 def check_run_folder(out: Path, options: TrainOptions, resume: bool,
@@ -139,16 +151,30 @@ def check_run_folder(out: Path, options: TrainOptions, resume: bool,
     return saved
 
 
-def _batch_tensors(data: CachedSet, index: np.ndarray, device: torch.device,
-                   pin: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, 1, H, W) uint8 images and masks of the cached rows ``index``, on ``device``."""
-    index = np.sort(index) if isinstance(data.images, np.memmap) else index
-    images = torch.from_numpy(np.ascontiguousarray(data.images[index]))
-    masks = torch.from_numpy(np.ascontiguousarray(data.masks[index]))
-    if pin:
-        images, masks = images.pin_memory(), masks.pin_memory()
-    return (images.to(device, non_blocking=True).unsqueeze(1),
-            masks.to(device, non_blocking=True).unsqueeze(1))
+@dataclass
+class Batch:
+    """Cached rows on the device, every tensor in the order of ``index``."""
+
+    images: torch.Tensor  # (N, 1, H, W) uint8
+    masks: torch.Tensor  # (N, 1, H, W) uint8: 0/1, or class indices
+    present: torch.Tensor  # (N,) or, with several classes, (N, K) float: structure present
+    index: np.ndarray  # the cached rows
+
+
+def load_batch(data: CachedSet, index: np.ndarray, device: torch.device) -> Batch:
+    """The cached rows ``index`` (read in ascending order from a memmap cache, which is faster
+    on disk; every tensor follows that order), copied to ``device`` without waiting: from
+    pinned memory on CUDA, pinned for this process's GPU also in the prefetch thread."""
+    if isinstance(data.images, np.memmap):
+        index = np.sort(index)
+    present = data.positive if data.class_present is None else data.class_present
+    arrays = (data.images[index], data.masks[index], present[index].astype(np.float32))
+    tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
+    if device.type == "cuda":
+        with torch.cuda.device(device):  # a thread's current GPU is GPU 0 until set
+            tensors = [t.pin_memory() for t in tensors]
+    images, masks, present_t = (t.to(device, non_blocking=True) for t in tensors)
+    return Batch(images.unsqueeze(1), masks.unsqueeze(1), present_t, index)
 
 
 class Trainer:
@@ -156,16 +182,16 @@ class Trainer:
     initial weights depend on the seed and nothing else)."""
 
     def __init__(self, options: TrainOptions, out: Path, reporter: Reporter,
-                 outputs: Outputs, *, resume: bool, overwrite: bool,
+                 outputs: Outputs, dist: Distributed, *, resume: bool, overwrite: bool,
                  inference: dict[str, Any] | None) -> None:
-        self.options, self.out, self.reporter = options, out, reporter
+        self.options, self.out, self.reporter, self.dist = options, out, reporter, dist
         self._meter = CpuMeter()  # the start-up is the first window the load is measured over
         self.stop, self.policy = StopRequest(), SavePolicy.parse(options.save_every)
-        self.dist = Distributed.from_env()
-        self.dist.init(options.device)
         saved = check_run_folder(out, options, resume, overwrite)
-        self.device = resolve_device(options.device, self.dist.local_rank)
-        amp_dtype = resolve_amp(options.amp, self.device)
+        self.device = resolve_device(options.device,
+                                     dist.local_rank if dist.enabled else None)
+        dist.init(self.device)
+        self.amp_dtype = amp_dtype = resolve_amp(options.amp, self.device)
         self.autocast = autocast_for(self.device, amp_dtype)
         seed_everything(options.seed, options.deterministic)
         cores = set_threads(options.threads)
@@ -197,7 +223,13 @@ class Trainer:
         if saved is not None:
             self.state = TrainState.load(out / STATE, self.loop)
             load_weights(self.model, out / LAST)
+            if self.state.progress is not None and not dist.main:
+                # the saved sums are every process's, gathered in the main one
+                self.state.progress.loss_sum, self.state.progress.loss_count = 0.0, 0
         self.train_model = self._wrap(self.model)
+        # The training loss summed on the device since it was last read: (loss x images,
+        # images, non-finite steps); read at saves and epoch ends, not every step.
+        self._loss_pending: torch.Tensor | None = None
         self._best: dict[str, torch.Tensor] | None = None  # best weights not yet saved
         self._best_pending = self._dirty = False  # the best / anything changed since a save
         self._saved_at = self._threads_at = time.monotonic()
@@ -280,11 +312,23 @@ class Trainer:
             torch.Generator().manual_seed(options.seed))
 
     def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        """The module the training pass calls: under DDP and/or torch.compile when asked."""
-        if self.dist.world > 1:
+        """The module the training pass calls: under DDP (told whether parameters go without
+        a gradient, which a dry step finds) and/or torch.compile when asked."""
+        unused: list[str] = []
+        if self.dist.enabled or (self.options.deterministic and self.device.type == "cuda"):
+            unused = dry_step(model, self._blank_batch(), self.autocast, self.options.arch)
+        if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+            model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=ids, find_unused_parameters=bool(unused))
         return torch.compile(model) if self.options.compile else model
+
+    def _blank_batch(self) -> torch.Tensor:
+        """Two zero images at the training geometry, as the loop feeds the network."""
+        images = torch.zeros(2, 1, self.geometry.height, self.geometry.width,
+                             device=self.device)
+        return normalise_input(images, self.mean, self.std, self.options.in_channels,
+                               self.options.channels_last)
 
     # ----------------------------------------------------------------------------------------
     # the loop
@@ -339,11 +383,7 @@ class Trainer:
         dist = self.dist
         batches = epoch_batches(self.train_set.positive, self.options.batch_size * dist.world,
                                 self.balance, self.loop.generator)
-        if dist.world > 1:
-            # Every rank must take the same number of steps (each step all-reduces), so a
-            # short last batch is topped up by repetition before it is shared out.
-            batches = [np.resize(b, max(b.size, dist.world)) for b in batches]
-        return batches
+        return share_out(batches, dist.world)
 
     def train_epoch(self, epoch: int) -> float:
         """One pass over the training set (from where a saved epoch stopped, when resuming
@@ -355,35 +395,39 @@ class Trainer:
         self.reporter.epoch_start(epoch, options.epochs, len(batches))
         self.train_model.train()
         loop.optimizer.zero_grad(set_to_none=True)
-        pin = self.device.type == "cuda"
 
-        def load(index: np.ndarray) -> tuple[tuple[torch.Tensor, torch.Tensor], np.ndarray]:
-            index = index[dist.rank::dist.world]
-            return _batch_tensors(self.train_set, index, self.device, pin), index
+        def load(index: np.ndarray) -> Batch:
+            return load_batch(self.train_set, index[dist.rank::dist.world], self.device)
 
-        for step, ((images_u8, masks_u8), index) in enumerate(
-                prefetch(batches[progress.step:], load), start=progress.step):
-            loss = self.train_step(images_u8, masks_u8, index, epoch)
+        for step, batch in enumerate(prefetch(batches[progress.step:], load),
+                                     start=progress.step):
+            self._add_loss(self.train_step(batch, epoch, step), len(batch.index))
             boundary = (step + 1) % options.accumulate == 0 or step + 1 == len(batches)
             if boundary:
                 self._optimizer_step()
-            progress.loss_sum += float(loss) * len(index)
-            progress.loss_count += len(index)
             progress.step = step + 1
             self._dirty = True
             self._report(self.reporter.step, consistent=boundary)
             if boundary and step + 1 < len(batches):
-                self._between_steps(epoch)
+                self._between_steps(epoch, step + 1)
+        self._read_loss()
         loss_sum, loss_count = dist.reduce_sum([progress.loss_sum, progress.loss_count],
                                                self.device)
         return loss_sum / max(1, loss_count)
 
-    def train_step(self, images_u8: torch.Tensor, masks_u8: torch.Tensor, index: np.ndarray,
-                   epoch: int) -> torch.Tensor:
-        """Forward and backward of one batch (gradients accumulate); the detached loss."""
+    def train_step(self, batch: Batch, epoch: int, step: int) -> torch.Tensor:
+        """Forward and backward of one batch (gradients accumulate); the detached loss. Its
+        random numbers (augmentation, dropout) come from seeds of the run's seed, this process
+        and the step: the processes of a DDP run augment differently, and a run resumed at any
+        step draws what the uninterrupted run drew."""
         options = self.options
-        images, masks = augment_batch(images_u8.float() / 255, masks_u8.float(), self.augment,
-                                      self.loop.generator, labels=self.classes is not None)
+        keys = (self.dist.rank, epoch, step)
+        seed_global(derived_seed(options.seed, GLOBAL_STREAM, *keys), self.device)
+        generator = step_generator(derived_seed(options.seed, AUGMENT_STREAM, *keys),
+                                   self.device)
+        images, masks = augment_batch(batch.images.float() / 255, batch.masks.float(),
+                                      self.augment, generator,
+                                      classes=0 if self.classes is None else self.classes.count)
         x = normalise_input(images, self.mean, self.std, options.in_channels,
                             options.channels_last)
         target = self.targets(masks)
@@ -391,21 +435,42 @@ class Trainer:
             logits, presence = self.train_model(x)
         loss = self.loss_fn(logits, target)
         if presence is not None:
-            has = torch.from_numpy(self.presence_truth(self.train_set, index)).to(
-                self.device, torch.float32)
             loss = loss + options.presence_weight * F.binary_cross_entropy_with_logits(
-                presence.float(), has)
-        if not torch.isfinite(loss):
-            raise NervesegError(f"epoch {epoch}: the loss became {loss.item()}; lower --lr or "
-                                "use --amp bf16/off")
+                presence.float(), batch.present)
         self.loop.scaler.scale(loss / options.accumulate).backward()
         return loss.detach()
 
-    @staticmethod
-    def presence_truth(data: CachedSet, index: np.ndarray) -> np.ndarray:
-        """Whether each image holds the structure: (N,), or (N, K) for each class."""
-        return data.positive[index] if data.class_present is None else \
-            data.class_present[index]
+    def _add_loss(self, loss: torch.Tensor, images: int) -> None:
+        """Sum a step's loss on the device (reading it would wait for the GPU every step). A
+        non-finite loss is counted apart: under fp16 the gradient scaler skips its step."""
+        finite = torch.isfinite(loss)
+        step = torch.stack([torch.where(finite, loss.float() * images, 0.0),
+                            finite.float() * images, (~finite).float()])
+        step = step.double()
+        self._loss_pending = step if self._loss_pending is None else self._loss_pending + step
+
+    def _read_loss(self, gather: bool = False) -> None:
+        """Bring the loss summed on the device into the epoch's progress: at the epoch's end,
+        and before a save. ``gather`` (every process calls it, before a save in the middle of
+        an epoch under DDP): the sums of every process go to the main one, which saves them.
+        A non-finite loss ends the run, but under fp16, whose scaler skipped those steps and
+        lowered its scale."""
+        pending, self._loss_pending = self._loss_pending, None
+        gather = gather and self.dist.enabled
+        if gather:
+            pending = torch.zeros(3, dtype=torch.float64, device=self.device) \
+                if pending is None else pending
+            torch.distributed.all_reduce(pending)
+        if pending is None:
+            return
+        total, count, non_finite = pending.tolist()
+        if non_finite and self.amp_dtype != torch.float16:
+            raise NervesegError(f"epoch {self.state.epoch + 1}: the loss became non-finite in "
+                                f"{non_finite:.0f} step(s); lower --lr or use --amp bf16/off")
+        progress = self.state.progress
+        if progress is not None and (self.dist.main or not gather):
+            progress.loss_sum += total
+            progress.loss_count += int(count)
 
     def _optimizer_step(self) -> None:
         loop = self.loop
@@ -453,13 +518,14 @@ class Trainer:
                         ) -> tuple[float, list[list[float]], float | None]:
         """(loss, each image's Dice per class at its original size, presence hits or None)."""
         options = self.options
-        images_u8, masks_u8 = _batch_tensors(data, index, self.device, False)
-        x = normalise_input(images_u8.float() / 255, self.mean, self.std, options.in_channels,
-                            options.channels_last)
+        batch = load_batch(data, index, self.device)
+        index = batch.index
+        x = normalise_input(batch.images.float() / 255, self.mean, self.std,
+                            options.in_channels, options.channels_last)
         with self.autocast():
             logits, presence = self.model(x)
         logits = logits.float()
-        loss = float(self.loss_fn(logits, self.targets(masks_u8.float(), smoothing=False)))
+        loss = float(self.loss_fn(logits, self.targets(batch.masks.float(), smoothing=False)))
         probs = self.class_probabilities(logits)
         level = threshold_level(options.threshold)
         dices = []
@@ -472,24 +538,34 @@ class Trainer:
                           for k in range(values.shape[0])])
         if presence is None:
             return loss, dices, None
-        predicted = (torch.sigmoid(presence.float()) > 0.5).cpu().numpy()
-        return loss, dices, float((predicted == self.presence_truth(data, index)).sum())
+        predicted = (presence.float() > 0).float()  # sigmoid > 0.5
+        return loss, dices, float((predicted == batch.present).sum())
 
     # ----------------------------------------------------------------------------------------
     # saving, stopping, threads
 
-    def _between_steps(self, epoch: int) -> None:
+    def _between_steps(self, epoch: int, step: int) -> None:
         """After an optimizer step inside an epoch: stop on a signal, save when the time has
-        come, resize the thread team to the load."""
-        if self._stop_agreed():
+        come, resize the thread team to the load. Under DDP the processes agree on both every
+        STOP_POLL_STEPS steps (all stop and gather at the same step)."""
+        due = self.dist.main and self.policy.time_due(time.monotonic() - self._saved_at)
+        if not self.dist.enabled:
+            stop = bool(self.stop)
+        elif step % STOP_POLL_STEPS:
+            stop = due = False
+        else:
+            stop, due = (v > 0 for v in self.dist.reduce_sum(
+                [float(bool(self.stop)), float(due)], self.device))
+        if stop:
             self._interrupt(epoch, self.state.progress)
-        if self.dist.main and self.policy.time_due(time.monotonic() - self._saved_at):
+        if due:
+            self._read_loss(gather=True)
             self.save()
         self._adapt_threads(every=ADAPT_SECONDS)
 
     def _stop_agreed(self) -> bool:
         """Whether a signal asked to stop, in any process (all stop at the same step)."""
-        if self.dist.world == 1:
+        if not self.dist.enabled:
             return bool(self.stop)
         return self.dist.reduce_sum([float(bool(self.stop))], self.device)[0] > 0
 
@@ -517,6 +593,7 @@ class Trainer:
         changed since the last save."""
         if not self.dist.main or not self._dirty:
             return
+        self._read_loss()  # raises before a save when the loss became non-finite
         from safetensors.torch import save as safetensors_bytes
 
         weights = weights_bytes(self.model)
@@ -539,8 +616,11 @@ class Trainer:
             raise
 
     def _interrupt(self, epoch: int, progress: EpochProgress | None) -> None:
-        """Save and stop on the signal that asked for it."""
+        """Save and stop on the signal that asked for it (every process, once the main one
+        has saved)."""
+        self._read_loss(gather=True)
         self.save()
+        self.dist.barrier(self.device)
         number = self.stop.signal_number or signal.SIGTERM
         where = f"in epoch {epoch} (step {progress.step}/{len(progress.batches)})" \
             if progress is not None else f"after epoch {epoch}"

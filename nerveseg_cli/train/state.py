@@ -62,7 +62,7 @@ class Optimisation:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
-    generator: torch.Generator  # batches and augmentation draw from it
+    generator: torch.Generator  # the epochs' batch order, the same in every process
 
 
 @dataclass

@@ -46,9 +46,13 @@ def best_of(repeats: int, fn: Callable[[], object]) -> float:
     return min(times)
 
 
+def markdown_table(rows: list[tuple[str, str, str, str]]) -> str:
+    """A markdown table: benchmark, figure, reference figure, ratio/target."""
+    lines = ["| benchmark | figure | reference | ratio / target |", "|---|---|---|---|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
 def report(rows: list[tuple[str, str, str, str]]) -> None:
-    """Print a markdown table: benchmark, figure, reference figure, ratio/target."""
-    print("\n| benchmark | figure | reference | ratio / target |")
-    print("|---|---|---|---|")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+    """Print :func:`markdown_table` after a blank line."""
+    print("\n" + markdown_table(rows), end="")

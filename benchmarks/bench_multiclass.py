@@ -21,8 +21,10 @@ Run: .venv/bin/python benchmarks/bench_multiclass.py [--epochs 10] [--folds 5] [
      [--set-classes KEY=VALUE ...] (extra train options of the 3-class runs only, e.g.
      decoders=shared, the one decoder of the defaults before per-class)
      [--jobs 2] (runs at once, the cores shared out) [--work DIR] (keep runs; resumable)
-     [--seeds 0,1,2] (each run once per seed)
-Data: $NERVESEG_USGRA_DATA or ../shared/data/usgra-seg (part 1 is skipped without it).
+     [--seeds 0,1,2] (each run once per seed) [--results-out FILE] (each finished run
+     appended there too, as it finishes: benchmarks/device_multiclass.sh's $OUT)
+Data: --data DIR, else $NERVESEG_USGRA_DATA or ../shared/data/usgra-seg (part 1 is skipped
+without it); DIR may be any 3-class image set (`nerveseg synth --classes 3`'s train folder).
 """
 
 from __future__ import annotations
@@ -85,7 +87,8 @@ def train_run(manifest: Path, fold: int, name: str, out: Path, settings: dict) -
 
 def run_all(manifest: Path, work: Path, args: argparse.Namespace) -> list[dict]:
     """Every (fold, task) run, ``--jobs`` at a time (each with its share of the cores), runs
-    finished by an earlier call in ``work`` read back from results.jsonl instead of rerun."""
+    finished by an earlier call in ``work`` read back from results.jsonl instead of rerun;
+    each finished run is appended to results.jsonl (and ``--results-out``) at once."""
     import concurrent.futures
     import multiprocessing
 
@@ -116,8 +119,9 @@ def run_all(manifest: Path, work: Path, args: argparse.Namespace) -> list[dict]:
             result = future.result()
             result["settings"] = keys[result["task"]]
             done.append(result)
-            with results_file.open("a") as handle:
-                handle.write(json.dumps(result) + "\n")
+            for path in filter(None, (results_file, args.results_out)):
+                with open(path, "a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(result) + "\n")
             best = result["best"]
             classes = (f" (nerve {best['dice_nerve']:.4f}, vessel {best['dice_vessel']:.4f})"
                        if result["task"] == "3-class" else "")
@@ -135,11 +139,12 @@ def run_name(task: str, fold: int, seed: int, class_extra: dict) -> str:
 
 
 def cross_validation(args: argparse.Namespace, work: Path) -> list[tuple[str, str, str, str]]:
-    data = usgra_dir()
+    data = args.data or usgra_dir()
     if data is None:
         print("usgra-seg not found (set NERVESEG_USGRA_DATA); skipping the cross-validation")
         return []
     print(f"using {data}")
+    name = "usgra" if "usgra" in str(data).lower() else str(data)  # a row's data set
     work.mkdir(parents=True, exist_ok=True)
     manifest = make_folds(data, args.folds, work)
     results = run_all(manifest, work, args)
@@ -164,12 +169,12 @@ def cross_validation(args: argparse.Namespace, work: Path) -> list[tuple[str, st
             ours, theirs = figures[f"3-class {c}"], figures[f"binary {c}"]
             gaps = ours - theirs
             spread = gaps.std(ddof=1) / np.sqrt(len(gaps)) if len(gaps) > 1 else float("nan")
-            rows.append((f"usgra {c} Dice at the {at} ({setting})",
+            rows.append((f"{name} {c} Dice at the {at} ({setting})",
                          f"{ours.mean():.4f} (3-class)", f"{theirs.mean():.4f} (binary)",
                          f"{gaps.mean():+.4f} ± {spread:.4f} s.e. (target >= 0; 3-class ahead "
                          f"or level in {int((gaps >= 0).sum())} folds of {len(gaps)})"))
     return rows + [
-        ("usgra training wall time", f"{wall['3-class']:.0f} s (one 3-class model)",
+        (f"{name} training wall time", f"{wall['3-class']:.0f} s (one 3-class model)",
          f"{binary_wall:.0f} s (two binary)",
          f"{wall['3-class'] / binary_wall:.2f}x (target ~0.5x)"),
         (f"epoch, 3 classes vs binary ({args.size}px)", f"{class_epoch:.2f} s",
@@ -224,7 +229,7 @@ def write_label_maps(truth: Path, pred: Path, count: int, seed: int, noise: floa
 def score_speed(args: argparse.Namespace, work: Path) -> list[tuple[str, str, str, str]]:
     truth, pred = work / "truth", work / "pred"
     write_label_maps(truth, pred, args.pairs, 1, 0.0005)
-    command = [str(Path(sys.executable).parent / "nerveseg"), "score", str(pred), str(truth),
+    command = [sys.executable, "-m", "nerveseg_cli", "score", str(pred), str(truth),
                "--classes", "3", "--workers", str(args.workers), "--json"]
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
@@ -251,6 +256,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--work", type=Path, default=None,
                         help="keep the runs here; a second call reuses the finished ones")
     parser.add_argument("--seeds", default="0", help="comma-separated; each run per seed")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="the 3-class image set [usgra-seg: $NERVESEG_USGRA_DATA, else "
+                        "../shared/data/usgra-seg]")
+    parser.add_argument("--results-out", type=Path, default=None,
+                        help="also append each finished run here, as it finishes")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--set-classes", action="append", default=[], metavar="KEY=VALUE",
                         help="a train option of the 3-class runs only")

@@ -20,10 +20,11 @@
 #   SMOKE    1: shrink everything (synthetic data made in OUT when DATA is unset, 64x64
 #            inputs, resnet18 without ImageNet weights, 1 epoch) so the tests run the script
 #
-# With several GPUs visible and DEVICE=auto, the folds train (and predict the test set) in
-# parallel, one per GPU, each process seeing only its own through CUDA_VISIBLE_DEVICES; their
-# logs go to OUT/logs/. To train one fold on several GPUs instead, use torchrun (docs/faq.md).
-# An interrupted fold continues with `nerveseg train --resume OUT/runs/foldK`.
+# The steps run one after the other, as a reader would type them. To train the folds in
+# parallel (one per GPU, or on a SLURM cluster), rerun only what changed, and continue after an
+# interruption by running the same command again, use the workflow: `nerveseg workflow init`
+# (docs/workflow.md). To train one fold on several GPUs, use torchrun (docs/faq.md). An
+# interrupted fold continues with `nerveseg train --resume OUT/runs/foldK`.
 set -euo pipefail
 
 SMOKE="${SMOKE:-0}"
@@ -67,44 +68,6 @@ for needed in train test sample_submission.csv; do
     fi
 done
 
-# GPUs this script may use: the entries of CUDA_VISIBLE_DEVICES, else what nvidia-smi lists.
-gpus=()
-if [[ "$DEVICE" == auto ]]; then
-    if [[ -n "${CUDA_VISIBLE_DEVICES:-}" ]]; then
-        IFS=, read -r -a gpus <<< "$CUDA_VISIBLE_DEVICES"
-    elif command -v nvidia-smi > /dev/null 2>&1; then
-        mapfile -t gpus < <(nvidia-smi --query-gpu=index --format=csv,noheader 2> /dev/null || true)
-    fi
-fi
-
-# on_gpu K LOG COMMAND...: with several GPUs, run COMMAND in the background on GPU K mod N
-# (its output in LOG) and remember its pid; otherwise run it here.
-pids=()
-on_gpu() {
-    local k="$1" log="$2"
-    shift 2
-    if (( ${#gpus[@]} > 1 )); then
-        mkdir -p "$(dirname "$log")"
-        CUDA_VISIBLE_DEVICES="${gpus[k % ${#gpus[@]}]}" "$@" > "$log" 2>&1 &
-        pids+=("$!")
-        if (( ${#pids[@]} == ${#gpus[@]} )); then wait_all; fi
-    else
-        "$@"
-    fi
-}
-# wait_all: wait for the background commands; fail if any failed.
-wait_all() {
-    local pid failed=0
-    for pid in "${pids[@]}"; do
-        wait "$pid" || failed=1
-    done
-    pids=()
-    if (( failed )); then
-        echo "error: a background fold failed; see $OUT/logs/" >&2
-        exit 1
-    fi
-}
-
 step "audit: drop duplicate frames whose masks disagree"
 nerveseg dedupe "$DATA/train" --out "$OUT/dedupe" "${common[@]}"
 
@@ -115,11 +78,9 @@ runs=()
 for (( k = 0; k < FOLDS; k++ )); do
     runs+=("$OUT/runs/fold$k")
     step "train fold $k of $FOLDS ($RECIPE)"
-    on_gpu "$k" "$OUT/logs/train-fold$k.log" \
-        nerveseg train "$OUT/folds.csv" --fold "$k" --recipe "$RECIPE" \
-            "${train_flags[@]}" --device "$DEVICE" --out "$OUT/runs/fold$k" "${common[@]}"
+    nerveseg train "$OUT/folds.csv" --fold "$k" --recipe "$RECIPE" \
+        "${train_flags[@]}" --device "$DEVICE" --out "$OUT/runs/fold$k" "${common[@]}"
 done
-wait_all
 
 step "out-of-fold predictions: each training image by the fold that did not train on it"
 nerveseg predict "${runs[@]}" "$OUT/folds.csv" --out-of-fold --device "$DEVICE" \
@@ -129,11 +90,9 @@ test_maps=()
 for (( k = 0; k < FOLDS; k++ )); do
     test_maps+=("$OUT/test/fold$k")
     step "test predictions of fold $k"
-    on_gpu "$k" "$OUT/logs/predict-fold$k.log" \
-        nerveseg predict "$OUT/runs/fold$k" "$DATA/test" --device "$DEVICE" \
-            --out "$OUT/test/fold$k" "${common[@]}"
+    nerveseg predict "$OUT/runs/fold$k" "$DATA/test" --device "$DEVICE" \
+        --out "$OUT/test/fold$k" "${common[@]}"
 done
-wait_all
 
 step "ensemble the folds' test maps (ASME)"
 nerveseg ensemble "${test_maps[@]}" --method asme --out "$OUT/test/ensemble" "${common[@]}"

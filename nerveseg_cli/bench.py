@@ -32,6 +32,7 @@ from nerveseg_cli.engines import ENGINES, Engine, ort_threads, read_model_info
 from nerveseg_cli.errors import NervesegError
 from nerveseg_cli.export import is_exported
 from nerveseg_cli.io.datasets import Sample
+from nerveseg_cli.lists import parse_list
 
 CHOICES = (*ENGINES, "both")
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8)
@@ -61,13 +62,11 @@ class BenchOptions:
 
 
 def parse_batch_sizes(text: str) -> tuple[int, ...]:
-    """``1,2,4,8`` -> (1, 2, 4, 8): distinct, in the order given."""
-    try:
-        sizes = tuple(dict.fromkeys(int(part) for part in text.split(",")))
-    except ValueError:
-        raise NervesegError(f"--batch-sizes {text!r}: whole numbers separated by commas, "
-                            "e.g. 1,2,4,8") from None
-    return sizes
+    """``1,2,4,8`` -> (1, 2, 4, 8), in the order given; a size given twice is an error (each
+    is timed once)."""
+    return tuple(parse_list(text, "--batch-sizes", int, what="a whole number",
+                            usage="whole numbers separated by commas, each once, e.g. "
+                                  "1,2,4,8"))
 
 
 @dataclass

@@ -3,8 +3,10 @@ that needs them (a run's config.json, a probability folder's classes.json), so l
 never ask again (docs/formats.md, "Classes").
 
 Index = position: class 0 is the background, a label map's pixel value is its class index.
-Names become folder names (``probs/<class>/ID.png``) and, in Understanding-Clouds CSVs, id
-suffixes, so they follow the id rules.
+Names become folder names (``probs/<class>/ID.png``) beside the files the formats reserve and,
+in Understanding-Clouds CSVs, id suffixes, so they follow the name rules of
+:func:`nerveseg_cli.names.validate_name`, and two names may not differ only by case (one folder
+on a case-insensitive file system).
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from nerveseg_cli.errors import NervesegError
-from nerveseg_cli.io.datasets import validate_id
 from nerveseg_cli.io.outputs import atomic_write_text
+from nerveseg_cli.lists import first_repeat, parse_list
+from nerveseg_cli.names import validate_name
 from nerveseg_cli.records import json_text, read_json_object
 
 CLASSES_JSON = "classes.json"
@@ -35,10 +38,14 @@ class Classes:
             raise NervesegError(f"--classes: {len(self.names)} classes; need 2 to "
                                 f"{MAX_CLASSES} (background first)")
         for name in self.names:
-            validate_id(name, "--classes")
-        if len(set(self.names)) != len(self.names):
-            repeated = sorted({n for n in self.names if self.names.count(n) > 1})
-            raise NervesegError(f"--classes: the name {repeated[0]!r} is given twice")
+            validate_name(name, "--classes")
+        repeat = first_repeat(self.names, str.casefold)
+        if repeat is not None:
+            first, again = repeat
+            raise NervesegError(
+                f"--classes: the name {again!r} is given twice" if first == again else
+                f"--classes: the names {first!r} and {again!r} differ only by case (one folder "
+                "on a case-insensitive file system)")
 
     @classmethod
     def parse(cls, text: str) -> Classes:
@@ -50,11 +57,10 @@ class Classes:
                 raise NervesegError(f"--classes {text}: need 2 to {MAX_CLASSES} classes "
                                     "(background included)")
             return cls(("background", *(f"class{i}" for i in range(1, count))))
-        names = tuple(part.strip() for part in text.split(","))
-        if any(not name for name in names):
-            raise NervesegError(f"--classes {text!r}: an empty name (write names separated by "
-                                "commas, background first, e.g. background,nerve,vessel)")
-        return cls(names)
+        names = parse_list(text, "--classes", str, what="a name", distinct=False,
+                           usage="write names separated by commas, background first, e.g. "
+                                 "background,nerve,vessel")
+        return cls(tuple(names))  # each name, and that they differ, checked there
 
     @property
     def count(self) -> int:
@@ -83,6 +89,12 @@ class Classes:
         names = data.get("classes") if isinstance(data, dict) else None
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise NervesegError(f"{source}: expected {{\"classes\": [\"background\", ...]}}")
+        return cls.named(names, source)
+
+    @classmethod
+    def named(cls, names: Sequence[str], source: str) -> Classes:
+        """Classes whose names a file gives (classes.json, config.json, a sidecar, a CSV's
+        rows): the same checks, the error naming ``source`` rather than ``--classes``."""
         try:
             return cls(tuple(names))
         except NervesegError as exc:  # the file is what is wrong, not an option

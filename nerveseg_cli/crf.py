@@ -338,6 +338,8 @@ def crf(probs: str | Path, images: str | Path, out: str | Path, *,
     with Outputs(_input_paths(probs, images, samples)) as outputs:
         out = outputs.resumable_folder(out, overwrite=overwrite, resume=resume,
                                        resumable=_has_maps(out))
+        if classes is not None:  # the class folders, all checked before the first write
+            outputs.subfolders(out, members)
         plan = _CrfPlan(classes, members, samples, todo, done, params, inputs)
         _refine_all(plan, out, workers, progress)
     return CrfResult(out, todo, sort_ids(done), folder.presence is not None)
@@ -408,8 +410,6 @@ def _refine_all(plan: _CrfPlan, out: Path, workers: int,
                 else read_prediction_json(plan.inputs["probabilities"]))
     if plan.classes is not None:
         write_classes(out, plan.classes)
-        for name in plan.members:
-            (out / name).mkdir(exist_ok=True)
     tasks = [CrfTask(i, tuple(m.files[i] for m in plan.members.values()),
                      plan.samples[i].image, tuple(out / name / f"{i}.png" for name in
                                                   plan.members),

@@ -29,7 +29,7 @@ from nerveseg_cli.dedupe import write_outputs as write_dedupe_outputs
 from nerveseg_cli.ensemble import ensemble
 from nerveseg_cli.errors import NervesegError
 from nerveseg_cli.io.images import parse_size
-from nerveseg_cli.io.outputs import atomic_write_text, prepare_output_dir
+from nerveseg_cli.io.outputs import atomic_write_text, check_output_dir, prepare_output_dir
 from nerveseg_cli.merging import MergeRule
 from nerveseg_cli.predict import PredictOptions, predict
 from nerveseg_cli.records import json_text
@@ -314,7 +314,7 @@ def run_demo(out: str | Path = "nerveseg-demo", settings: DemoSettings = DemoSet
     ``fold_reporter(k)`` gives the progress reporter of fold k's training. Raises
     NervesegError on bad settings."""
     settings.validate()
-    out = Path(out)
+    out = check_output_dir(out, overwrite)  # links out of it included, before clearing it
     if overwrite and out.is_dir():
         clear_previous_demo(out)
     out = prepare_output_dir(out, overwrite)

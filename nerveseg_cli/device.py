@@ -7,9 +7,12 @@ import contextlib
 import math
 import os
 import random
+import tempfile
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,6 +28,8 @@ def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
     carries its index. Under torchrun (``local_rank`` given) a plain ``cuda`` is this process's
     own GPU: the LOCAL_RANK-th visible one, or the only one where a launcher gave each process
     its own ``CUDA_VISIBLE_DEVICES``."""
+    if name == "auto" and torch.cuda.is_available() and local_rank is None:
+        return torch.device("cuda", claim_free_gpu())
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cpu":
@@ -46,6 +51,68 @@ def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
                             + (", CUDA_VISIBLE_DEVICES=" + os.environ["CUDA_VISIBLE_DEVICES"]
                                if "CUDA_VISIBLE_DEVICES" in os.environ else "") + ")")
     return torch.device("cuda", index)
+
+
+# --------------------------------------------------------------------------------------------
+# one GPU per process
+#
+# Jobs started side by side on a box with several GPUs (a workflow's train and predict jobs:
+# Snakemake counts GPUs but tells a job nothing about which one) each need their own. `--device
+# auto` therefore claims a GPU no other nerveseg process of this machine holds: an flock on a
+# file named after the GPU's UUID in a folder every process sees, held for the process's life
+# (the kernel releases it when the process ends, killed or not).
+
+GPU_LOCKS_ENV = "NERVESEG_GPU_LOCKS"  # the folder of the claims; default: TMPDIR's
+_claimed: dict[str, Any] = {}  # this process's claim: its index and lock, kept to the end
+
+
+def gpu_locks_folder() -> Path:
+    folder = Path(os.environ.get(GPU_LOCKS_ENV) or
+                  Path(tempfile.gettempdir()) / "nerveseg-gpu-locks")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if folder.stat().st_uid == os.getuid():
+            folder.chmod(0o1777)  # every user's jobs claim here; each keeps its own files
+    except OSError as exc:
+        raise NervesegError(f"{folder}: cannot keep GPU claims there ({exc.strerror}); set "
+                            f"{GPU_LOCKS_ENV} to a writable folder, or pass --device cuda:N"
+                            ) from None
+    return folder
+
+
+def gpu_key(index: int) -> str:
+    """A name of visible GPU ``index`` that is the same in every process, whatever its
+    CUDA_VISIBLE_DEVICES: the GPU's UUID."""
+    uuid = getattr(torch.cuda.get_device_properties(index), "uuid", None)
+    if uuid is not None:
+        return f"gpu-{uuid}"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
+    return f"gpu-{visible[index].strip() if index < len(visible) and visible[index] else index}"
+
+
+def claim_free_gpu() -> int:
+    """The index of a visible GPU no other nerveseg process holds, claimed for this process's
+    life (the same index on every call); with every GPU held, the current one is shared, with
+    a warning. A single GPU is simply taken."""
+    if "index" in _claimed:
+        return int(_claimed["index"])
+    from nerveseg_cli.errors import warn
+    from nerveseg_cli.io.locks import try_lock
+
+    count, index = torch.cuda.device_count(), torch.cuda.current_device()
+    if count > 1:
+        folder = gpu_locks_folder()
+        for candidate in range(count):
+            lock = try_lock(folder / f"{gpu_key(candidate)}.lock")
+            if lock is not None:
+                _claimed["lock"], index = lock, candidate
+                break
+        else:
+            warn(f"--device auto: all {count} visible GPUs are held by other nerveseg "
+                 f"processes; sharing cuda:{index}")
+    torch.cuda.set_device(index)
+    _claimed["index"] = index
+    return index
 
 
 # bf16 runs natively from compute capability 8.0 (Ampere: A100, A10, RTX 30xx; Hopper). Older

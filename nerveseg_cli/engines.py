@@ -375,7 +375,7 @@ class OnnxEngine(Engine):
         except Exception as exc:  # noqa: BLE001  a damaged file fails in many ways
             raise NervesegError(f"{path}: not a readable ONNX model ({brief(exc)})") from None
         engine = cls(sidecar.model_info(path), session, sidecar.presence_channels is not None)
-        engine._check_graph(sidecar.mask_channels)
+        engine._check_graph(sidecar.mask_channels, sidecar.dynamic_size)
         return engine
 
     @classmethod
@@ -387,8 +387,10 @@ class OnnxEngine(Engine):
         return cls(sidecar.model_info(Path(run)), ort_session(data, device),
                    sidecar.presence_channels is not None)
 
-    def _check_graph(self, mask_channels: int) -> None:
-        """The graph's input and outputs are those the sidecar describes."""
+    def _check_graph(self, mask_channels: int, dynamic_size: bool) -> None:
+        """The graph's input and outputs are those the sidecar describes: names, channels, and
+        a graph fixed to one size fixed to the sidecar's geometry (a geometry edited in the
+        sidecar would resize every image to a size the graph was not made for)."""
         where = self.info.path
         inputs = {i.name: i.shape for i in self.session.get_inputs()}
         outputs = {o.name: o.shape for o in self.session.get_outputs()}
@@ -405,6 +407,13 @@ class OnnxEngine(Engine):
             if len(shape) != 4 or (isinstance(shape[1], int) and shape[1] != wanted):
                 raise NervesegError(f"{where}: the model's {what} has shape {shape}, its "
                                     f"sidecar says {wanted} channels")
+            geometry = self.info.geometry
+            fixed = [side for side in shape[2:] if isinstance(side, int)]
+            if fixed and (dynamic_size or shape[2:] != [geometry.height, geometry.width]):
+                said = "any height and width" if dynamic_size else \
+                    f"the geometry {geometry.width}x{geometry.height}"
+                raise NervesegError(f"{where}: the model's {what} has shape {shape}, its "
+                                    f"sidecar says {said}")
 
     @property
     def where(self) -> str:

@@ -26,6 +26,7 @@ from nerveseg_cli.errors import NervesegError, warn
 from nerveseg_cli.io.datasets import sort_ids
 from nerveseg_cli.io.outputs import Outputs, atomic_write_text
 from nerveseg_cli.io.parallel import thread_map
+from nerveseg_cli.lists import parse_list, refuse_repeated_paths
 from nerveseg_cli.merging import MEAN, MergeRule, merge_presence, merge_stack, normalise_weights
 from nerveseg_cli.probmaps import (
     PRESENCE_CSV,
@@ -49,11 +50,9 @@ WEIGHTS_CSV = "weights.csv"
 
 def parse_weights(text: str, members: int) -> list[float]:
     """Parse ``--weights w1,w2,...`` (one per member)."""
-    try:
-        weights = [float(part) for part in text.split(",")]
-    except ValueError:
-        raise NervesegError(f"--weights {text!r} is not a comma-separated list of numbers") \
-            from None
+    weights = parse_list(text, "--weights", float, what="a number", distinct=False,
+                         usage="a comma-separated list of numbers, one per folder (equal "
+                               "weights may repeat)")
     if len(weights) != members:
         raise NervesegError(f"--weights has {len(weights)} values for {members} folders")
     normalise_weights(weights)
@@ -194,13 +193,7 @@ def _merge_folders(merger: _Merger, paths: Sequence[Path], ids: list[str], final
 def _check_member_paths(paths: Sequence[Path]) -> None:
     if len(paths) < 2:
         raise NervesegError("ensemble needs at least two probability folders")
-    seen: dict[Path, Path] = {}
-    for path in paths:
-        key = path.resolve()
-        if key in seen:
-            raise NervesegError(f"{path}: folder given twice (as {seen[key]}); use --method "
-                                "weighted to weight a member more")
-        seen[key] = path
+    refuse_repeated_paths(paths, "folder", "use --method weighted to weight a member more")
 
 
 def _warn_partial_presence(folders: Sequence[ProbabilityFolder]) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import difflib
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 
 class NervesegError(Exception):
@@ -36,3 +37,22 @@ def brief(exc: BaseException, most: int = 120) -> str:
     lines = str(exc).strip().splitlines()
     text = lines[0].strip() if lines else type(exc).__name__
     return text if len(text) <= most else text[: most - 3] + "..."
+
+
+def require_folder(path: Path, what: str) -> Path:
+    """An input that must be a folder: a file in its place is said to be one."""
+    if path.is_file():
+        raise NervesegError(f"{path}: is a file, not {what}")
+    if not path.is_dir():
+        raise NervesegError(f"{path}: no such folder")
+    return path
+
+
+def require_file(path: Path, what: str) -> Path:
+    """An input that must be a file: a folder in its place is said to be one (a library
+    would say "no such file" or "Is a directory"), nothing there is "no such file"."""
+    if path.is_dir():
+        raise NervesegError(f"{path}: is a folder, not {what}")
+    if not path.is_file():
+        raise NervesegError(f"{path}: no such file")
+    return path

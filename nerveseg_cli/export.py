@@ -37,8 +37,10 @@ import numpy as np
 
 from nerveseg_cli import __version__
 from nerveseg_cli.classes import Classes
-from nerveseg_cli.errors import NervesegError, brief
+from nerveseg_cli.crosscheck import ModelFacts, check_training_record, disagree
+from nerveseg_cli.errors import NervesegError, brief, require_file
 from nerveseg_cli.geometry import Geometry
+from nerveseg_cli.postprocess import PostProcess
 from nerveseg_cli.records import json_text, read_json_object
 
 if TYPE_CHECKING:
@@ -177,6 +179,7 @@ class Sidecar:
             raise NervesegError(f"{where}: not a valid nerveseg ONNX sidecar ({detail})") \
                 from None
         sidecar._validate(where)
+        sidecar._check_records(data, str(where))
         return sidecar
 
     def _validate(self, where: Path) -> None:
@@ -199,6 +202,69 @@ class Sidecar:
         if problem:
             raise NervesegError(f"{where}: not a valid nerveseg ONNX sidecar ({problem})")
 
+    def _check_records(self, data: dict[str, Any], where: str) -> None:
+        """What the sidecar says twice must agree (nerveseg_cli/crosscheck.py): the input and
+        output shapes with the geometry, the export check's inputs with the geometry, the
+        ``model`` record and the ``training`` record with the rest, the postprocess with the
+        inference defaults it was made from."""
+        self._check_shapes(data, where)
+        self._check_model_record(where)
+        check_training_record(self.training, self.facts, where)
+        post = PostProcess()
+        made = (_default(self.inference.get("threshold"), post.threshold),
+                _default(self.inference.get("min_area"), post.min_area))
+        if made != (self.threshold, self.min_area):
+            raise disagree(where, "postprocess threshold, min_area",
+                           f"{self.threshold}, {self.min_area}", "its inference record",
+                           f"{made[0]}, {made[1]}")
+
+    @property
+    def facts(self) -> ModelFacts:
+        return ModelFacts(str(self.model.get("arch", self.training.get("arch"))),
+                          self.geometry, self.in_channels, self.classes, self.multilabel,
+                          self.presence_channels is not None)
+
+    def _check_shapes(self, data: dict[str, Any], where: str) -> None:
+        """A graph fixed to one size is fixed to the geometry's; the export check ran at it."""
+        size = [self.geometry.height, self.geometry.width]
+        for what, shape in (("input", data["input"]["shape"]),
+                            ("mask_logits", data["outputs"]["mask_logits"]["shape"])):
+            spatial = list(shape[2:])
+            fixed = all(isinstance(side, int) for side in spatial)
+            if len(spatial) != 2 or (fixed if self.dynamic_size else spatial != size):
+                raise disagree(where, f"{what} shape", shape, "its geometry and dynamic_size",
+                               f"{_size_text(size)} fixed" if not self.dynamic_size else
+                               "any height and width")
+        checked = self.check.get("inputs")
+        if checked is None:
+            return
+        if not isinstance(checked, list) or not checked or not all(
+                isinstance(s, list) and len(s) == 4 and all(
+                    isinstance(v, int) and not isinstance(v, bool) for v in s)
+                for s in checked):
+            raise NervesegError(f"{where}: not a valid nerveseg ONNX sidecar (check inputs "
+                                f"{str(checked)[:60]} are not shapes)")
+        if list(checked[0][2:]) != size:
+            raise disagree(where, "geometry", _size_text(size), "its export check "
+                           "(check.inputs, at the geometry)", _size_text(checked[0][2:]))
+        channels = {s[1] for s in checked}
+        if channels != {self.in_channels}:
+            raise disagree(where, "input channels", self.in_channels, "its export check "
+                           "(check.inputs)", ", ".join(map(str, sorted(channels))))
+
+    def _check_model_record(self, where: str) -> None:
+        """The ``model`` record (config.json's) against the input, outputs and classes."""
+        model, record = self.model, "its model record"
+        count = self.classes.count if self.classes is not None else 2
+        for what, ours, theirs in (
+                ("input channels", self.in_channels, model.get("in_channels", 1)),
+                ("classes", count, model.get("classes", 2)),
+                ("multilabel", self.multilabel, model.get("multilabel", False)),
+                ("presence output", self.presence_channels is not None,
+                 model.get("presence_head", False))):
+            if ours != theirs:
+                raise disagree(where, what, ours, record, theirs)
+
     def model_info(self, path: Path) -> ModelInfo:
         from nerveseg_cli.engines import ModelInfo
 
@@ -219,6 +285,15 @@ def _flag(value: Any, name: str) -> bool:
     return value
 
 
+def _default(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def _size_text(size: list[int]) -> str:
+    """(height, width) as WxH."""
+    return f"{size[1]}x{size[0]}" if len(size) == 2 else str(size)
+
+
 def _text(value: Any, name: str) -> str:
     if not isinstance(value, str):
         raise ValueError(f"{name} {value!r} is not a string")
@@ -229,6 +304,8 @@ def read_sidecar(model: str | Path) -> Sidecar:
     """The sidecar of an exported model, checked (not yet against the model's bytes)."""
     model = Path(model)
     path = sidecar_path(model)
+    if model.is_dir():
+        require_file(model, "an exported model (an .onnx file written by nerveseg export)")
     if not model.is_file():
         raise NervesegError(f"{model}: no such exported model (an .onnx file written by "
                             "nerveseg export)")

@@ -28,6 +28,7 @@ import numpy as np
 from nerveseg_cli.classes import MAX_CLASSES, Classes
 from nerveseg_cli.errors import NervesegError
 from nerveseg_cli.io.datasets import read_csv_rows, sort_ids, validate_id
+from nerveseg_cli.names import validate_name
 from nerveseg_cli.rle import RleError, parse_runs
 
 SUBMISSION = "submission"
@@ -115,7 +116,7 @@ def _row(fmt: str, header: Sequence[str], row: list[str], line: int, where: str)
     image, _, name = label.rpartition("_")
     if not image or not name:
         raise NervesegError(f"{where}: Image_Label {label[:40]!r} is not IMAGE_CLASS")
-    validate_id(name, where)
+    validate_name(name, where)  # it becomes a class folder's name
     return RleRow(validate_id(image, where), line, row[header.index("EncodedPixels")], name)
 
 
@@ -157,7 +158,8 @@ def table_classes(table: RleTable, classes: Classes | None) -> Classes:
         what = "names the class 'background'" if "background" in names else \
             f"names {len(names)} classes, beyond the {MAX_CLASSES - 1} after the background"
         raise NervesegError(f"{table.path}: {what}; pass --classes")
-    found = classes or Classes(("background", *names)) if names or classes else None
+    found = classes or Classes.named(("background", *names), str(table.path)) \
+        if names or classes else None
     if found is None:
         raise NervesegError(f"{table.path}: no rows, so no classes; pass --classes")
     bad = next((r for r in table.rows if r.klass not in found.foreground), None)

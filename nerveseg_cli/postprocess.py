@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from nerveseg_cli.errors import NervesegError, brief
+from nerveseg_cli.errors import NervesegError, brief, require_file
 from nerveseg_cli.io.outputs import atomic_write_text, check_output_file
 from nerveseg_cli.records import json_text
 
@@ -68,7 +68,7 @@ def label_map(values: np.ndarray, posts: Sequence[PostProcess]) -> np.ndarray:
 def load_postprocess(path: str | Path) -> PostProcess:
     """Read postprocess.json strictly: a threshold in [0, 1] and a whole min_area >= 0, both
     JSON numbers; anything else is an error naming the file."""
-    path = Path(path)
+    path = require_file(Path(path), "a postprocess.json file")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         if isinstance(data, dict) and "classes" in data and "threshold" not in data:
@@ -76,8 +76,6 @@ def load_postprocess(path: str | Path) -> PostProcess:
                                 f"({', '.join(data['classes'])}); it applies to a folder of "
                                 "those classes")
         return _post_from(data, path)
-    except FileNotFoundError:
-        raise NervesegError(f"{path}: no such file") from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise NervesegError(f"{path}: not a postprocess.json with threshold and min_area "
                             f"({brief(exc)})") from None
@@ -86,11 +84,9 @@ def load_postprocess(path: str | Path) -> PostProcess:
 def load_class_postprocess(path: str | Path, classes: Sequence[str]) -> dict[str, PostProcess]:
     """A postprocess.json of several classes (``{"classes": {NAME: {threshold, min_area}}}``),
     one PostProcess per class; a binary file applies to every class."""
-    path = Path(path)
+    path = require_file(Path(path), "a postprocess.json file")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise NervesegError(f"{path}: no such file") from None
     except (OSError, ValueError) as exc:
         raise NervesegError(f"{path}: not valid JSON ({brief(exc)})") from None
     if isinstance(data, dict) and "classes" not in data:
@@ -102,6 +98,10 @@ def load_class_postprocess(path: str | Path, classes: Sequence[str]) -> dict[str
     if lacking:
         raise NervesegError(f"{path}: no post-processing for class {lacking[0]!r} (it has "
                             f"{', '.join(table)})")
+    extra = [name for name in table if name not in classes]
+    if extra:  # a sweep of other classes: the file describes other maps than these
+        raise NervesegError(f"{path}: post-processing for class {extra[0]!r}, which the maps "
+                            f"do not have (they have {', '.join(classes)})")
     return {name: _post_from(table[name], path, f"class {name}: ") for name in classes}
 
 

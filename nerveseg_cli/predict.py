@@ -34,6 +34,7 @@ from nerveseg_cli.io.datasets import Sample, discover_with_columns, load_image, 
 from nerveseg_cli.io.outputs import Outputs, write_label_map, write_mask
 from nerveseg_cli.io.parallel import prefetch
 from nerveseg_cli.io.video import close_videos
+from nerveseg_cli.lists import refuse_repeated_paths
 from nerveseg_cli.merging import merge_stack
 from nerveseg_cli.postprocess import (
     PostProcess,
@@ -289,6 +290,7 @@ class Predictor:
     def __init__(self, runs: Sequence[str | Path], options: PredictOptions) -> None:
         if not runs:
             raise NervesegError("predict needs at least one run folder")
+        refuse_repeated_paths(runs, "run", "runs are merged with equal weights, each once")
         self.options = options
         check_engine(options.engine)
         first = read_model_info(runs[0])
@@ -398,6 +400,9 @@ def predict(runs: Sequence[str | Path], images: str | Path, out: str | Path,
     complete) and refuses other options than the folder was written with."""
     k, n = parse_part(options.part)
     _check_overlay_video(options, images, resume, (k, n))
+    # the output folders' own checks (links out of them included) before the runs are read
+    Outputs.preflight([*runs, images], folders=[out, options.masks], overwrite=overwrite,
+                      resume=resume)
     predictor = Predictor(runs, options)
     groups, fold_runs = _plan(predictor, images, k, n)
     samples = [s for _, group in groups for s in group]
@@ -414,13 +419,15 @@ def predict(runs: Sequence[str | Path], images: str | Path, out: str | Path,
               *{s.image.parent for s in samples if s.image is not None and s.frame is None}]
     with Outputs(inputs) as outputs, contextlib.ExitStack() as cleanup:
         cleanup.callback(close_videos)
+        # --part writers share the folders, each locking its own part (docs/predict.md)
         out = outputs.resumable_folder(out, overwrite=overwrite, resume=resume,
-                                       resumable=_has_maps(Path(out)))
+                                       resumable=_has_maps(Path(out)), share=(k, n))
         masks_dir = outputs.resumable_folder(options.masks, overwrite=overwrite,
                                              resume=resume,
-                                             resumable=_has_maps(Path(options.masks))) \
+                                             resumable=_has_maps(Path(options.masks)),
+                                             share=(k, n)) \
             if options.masks else None
-        folders = _class_folders(out, predictor.classes, roles, record)
+        folders = _class_folders(outputs, out, predictor.classes, roles, record)
         presence = {name: read_presence(folder / PRESENCE_CSV)
                     if resume and (folder / PRESENCE_CSV).is_file() else {}
                     for name, folder in folders.items()}
@@ -440,18 +447,17 @@ def predict(runs: Sequence[str | Path], images: str | Path, out: str | Path,
                          flat)
 
 
-def _class_folders(out: Path, classes: Classes | None, roles: dict[str, Any],
-                   record: dict[str, Any]) -> dict[str, Path]:
+def _class_folders(outputs: Outputs, out: Path, classes: Classes | None,
+                   roles: dict[str, Any], record: dict[str, Any]) -> dict[str, Path]:
     """Where each class's maps go: OUT itself for a binary task (key ""), else OUT/<class>/
     (each a probability folder of its own, with its prediction.json) and OUT/classes.json."""
     if classes is None:
         return {"": out}
+    folders = dict(zip(classes.foreground, outputs.subfolders(out, classes.foreground),
+                       strict=True))  # all checked before the first write
     write_classes(out, classes)
-    folders = {}
-    for name in classes.foreground:
-        folders[name] = out / name
-        folders[name].mkdir(exist_ok=True)
-        write_prediction_json(folders[name], "predict", roles, record,
+    for name, folder in folders.items():
+        write_prediction_json(folder, "predict", roles, record,
                               extra={"class": name, **class_record(classes)})
     return folders
 

@@ -35,7 +35,8 @@ import numpy as np
 
 from nerveseg_cli import __version__
 from nerveseg_cli.classes import CLASSES_JSON, Classes, read_classes
-from nerveseg_cli.errors import NervesegError, warn
+from nerveseg_cli.crosscheck import disagree
+from nerveseg_cli.errors import NervesegError, require_folder, warn
 from nerveseg_cli.io.datasets import read_csv_rows, sort_ids, validate_id
 from nerveseg_cli.io.images import PNG_SIGNATURE
 from nerveseg_cli.io.outputs import atomic_write_text, write_image
@@ -123,8 +124,7 @@ def read_probability_values(path: str | Path,
 
 def list_probability_files(folder: Path) -> dict[str, Path]:
     """id -> ``ID.png`` for a probability folder, in numeric id order; strict about the rest."""
-    if not folder.is_dir():
-        raise NervesegError(f"{folder}: no such folder")
+    require_folder(folder, "a probability folder (ID.png maps)")
     files: dict[str, Path] = {}
     for entry in sorted(folder.iterdir()):
         name = entry.name
@@ -325,12 +325,11 @@ def read_class_folders(path: str | Path) -> tuple[Classes, dict[str, Probability
     if classes is None:
         raise NervesegError(f"{folder}: no {CLASSES_JSON}; a folder of several classes has one "
                             "(and a folder per class)")
+    _check_class_layout(folder, classes)
     members = {}
     for name in classes.foreground:
-        if not (folder / name).is_dir():
-            raise NervesegError(f"{folder}: class folder {name}/ missing ({CLASSES_JSON} names "
-                                f"{', '.join(classes.foreground)})")
         members[name] = read_probability_folder(folder / name)
+    _check_class_records(folder, classes, members)
     first_name, first = next(iter(members.items()))
     for name, member in members.items():
         lacking = sort_ids(set(first.files) ^ set(member.files))
@@ -343,6 +342,53 @@ def read_class_folders(path: str | Path) -> tuple[Classes, dict[str, Probability
             raise NervesegError(f"{folder / name / (bad + '.png')}: size differs from "
                                 f"{first_name}/{bad}.png")
     return classes, members
+
+
+def _check_class_layout(folder: Path, classes: Classes) -> None:
+    """classes.json against the folders present: a folder per foreground class, and no map
+    or other class folder beside them (a class left out of an edited classes.json, or the
+    maps of an earlier binary run, would be skipped without a word)."""
+    listed = ", ".join(classes.foreground)
+    for name in classes.foreground:
+        if not (folder / name).is_dir():
+            raise NervesegError(f"{folder}: class folder {name}/ missing ({CLASSES_JSON} names "
+                                f"{listed})")
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith(".") or entry.name in classes.foreground:
+            continue
+        if entry.is_dir():
+            raise NervesegError(f"{folder}: folder {entry.name}/ is not a class of its "
+                                f"{CLASSES_JSON} ({listed}); remove it, or fix {CLASSES_JSON}")
+        if entry.suffix.lower() not in COMPANION_SUFFIXES:
+            raise NervesegError(f"{entry}: a map beside {CLASSES_JSON}; a folder of several "
+                                "classes holds its maps in a folder per class (remove it)")
+
+
+def _check_class_records(folder: Path, classes: Classes,
+                         members: Mapping[str, ProbabilityFolder]) -> None:
+    """Each prediction.json here names the class list (and a class folder's its class):
+    they must be classes.json's."""
+    records = [(folder / PREDICTION_JSON, read_prediction_json(folder), None)]
+    records += [(member.path / PREDICTION_JSON, member.prediction, name)
+                for name, member in members.items()]
+    said = f"{folder / CLASSES_JSON}"
+    for path, record, name in records:
+        if record is None:
+            continue
+        names = record.get("classes")
+        if names is not None and names != list(classes.names):
+            raise disagree(str(path), "classes", _joined(names), said,
+                           ",".join(classes.names), CLASSES_ADVICE)
+        if name is not None and record.get("class", name) != name:
+            raise disagree(str(path), "class", repr(record.get("class")),
+                           f"its folder's name (in {said})", repr(name), CLASSES_ADVICE)
+
+
+CLASSES_ADVICE = "the folders were edited or mixed (predict again)"
+
+
+def _joined(names: Any) -> str:
+    return ",".join(map(str, names)) if isinstance(names, list) else repr(names)
 
 
 def is_class_folder(path: str | Path) -> bool:

@@ -44,10 +44,11 @@ def _finite(value: Any) -> Any:
 def read_json_object(path: Path) -> dict[str, Any] | None:
     """A JSON object file (prediction.json, classes.json), or None when there is none; an
     unreadable or non-object file is an error naming it."""
-    from nerveseg_cli.errors import NervesegError, brief
+    from nerveseg_cli.errors import NervesegError, brief, require_file
 
-    if not path.is_file():
+    if not path.exists():
         return None
+    require_file(path, "a JSON file")  # a folder of that name is not "none"
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

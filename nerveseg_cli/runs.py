@@ -16,6 +16,7 @@ import torch
 
 from nerveseg_cli import __version__
 from nerveseg_cli.classes import Classes
+from nerveseg_cli.crosscheck import ModelFacts, check_training_record
 from nerveseg_cli.errors import NervesegError, brief
 from nerveseg_cli.geometry import Geometry
 from nerveseg_cli.io.outputs import atomic_write_bytes, atomic_write_text
@@ -26,6 +27,12 @@ BEST = "model.safetensors"
 LAST = "last.safetensors"
 STATE = "state.pt"
 METRICS = "metrics.csv"
+LOG = "train.log"
+PLOT = "metrics.png"
+# What train writes into a run folder: a new run over an old one (--overwrite, --continue
+# starting over) removes them first, so no file of the old run outlives it (a train.log of two
+# runs, or an old state.pt that a later resume would pair with the new config).
+RUN_FILES = (CONFIG, BEST, LAST, STATE, METRICS, LOG, PLOT)
 
 
 @dataclass
@@ -74,7 +81,18 @@ class RunConfig:
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             detail = f"missing {exc}" if isinstance(exc, KeyError) else brief(exc)
             raise NervesegError(f"{source}: not a nerveseg run config ({detail})") from None
+        check_training_record(config.training, config.facts, str(source))
         return config
+
+    @property
+    def facts(self) -> ModelFacts:
+        """What the config says of its model, to check against its training record (a config
+        of several classes written by hand without names: the names ``--classes N`` gives)."""
+        model = self.model
+        classes = self.classes if self.classes is not None or model.classes <= 2 else \
+            Classes.parse(str(model.classes))
+        return ModelFacts(model.arch, self.geometry, model.in_channels, classes,
+                          model.multilabel, model.presence_head)
 
 
 def _classes(data: dict[str, Any], source: Path) -> Classes | None:
@@ -132,7 +150,11 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
         state = load_file(str(path))
     except Exception as exc:  # noqa: BLE001  a damaged file is bad input
         raise NervesegError(f"{path}: unreadable weights ({brief(exc)})") from None
-    result = unwrap(model).load_state_dict(state, strict=False)
+    try:
+        result = unwrap(model).load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a parameter of another shape than the config builds
+        raise NervesegError(f"{path}: weights do not fit the config "
+                            f"({_shape_problem(exc)})") from None
     if result.missing_keys or result.unexpected_keys:
         raise NervesegError(
             f"{path}: weights do not fit the config ({len(result.missing_keys)} missing, "
@@ -167,10 +189,12 @@ def load_run(run: str | Path, weights: str = BEST) -> tuple[RunConfig, Segmentat
         model = build_model(model_config)
     except NervesegError as exc:  # the config names what cannot be built
         raise NervesegError(f"{run / CONFIG}: {exc}") from None
-    try:
-        load_weights(model, run / weights)
-    except RuntimeError as exc:  # shape mismatch
-        raise NervesegError(f"{run / weights}: weights do not fit the config "
-                            f"({_shape_problem(exc)})") from None
+    load_weights(model, run / weights)
     model.eval()
     return config, model
+
+
+def clear_run_files(run: Path) -> None:
+    """Remove the files a run writes (:data:`RUN_FILES`) from ``run``, nothing else."""
+    for name in RUN_FILES:
+        (run / name).unlink(missing_ok=True)

@@ -76,8 +76,10 @@ def test_the_table_fits_100_columns_uncut(hostile_base: Path) -> None:
 
 @pytest.mark.parametrize(("options", "fragment"), [
     (["--batch-sizes", "0"], "--batch-sizes 0: whole numbers from 1 to 4096"),
-    (["--batch-sizes", "a"], "--batch-sizes 'a': whole numbers separated by commas"),
-    (["--batch-sizes", "1,,2"], "--batch-sizes '1,,2'"),
+    (["--batch-sizes", "a"], "--batch-sizes 'a': 'a' is not a whole number"),
+    (["--batch-sizes", "1,,2"], "--batch-sizes '1,,2': an empty item"),
+    # the sizes must differ (docs/bench.md): a repeat is refused, not dropped
+    (["--batch-sizes", "1,1"], "--batch-sizes '1,1': '1' is given twice"),
     (["--engine", "x"], "--engine 'x': use torch, onnxruntime, both"),
     (["--frames", "0"], "--frames"),
     (["--tta", "rotate"], "--tta 'rotate'"),

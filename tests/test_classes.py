@@ -4,6 +4,7 @@ the classes.json that records them."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from nerveseg_cli.classes import (
     write_classes,
 )
 from nerveseg_cli.errors import NervesegError
+from nerveseg_cli.names import RESERVED_NAMES, reserved_as
 
 SAFE_NAME = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_-]{0,11}", fullmatch=True)
 
@@ -71,11 +73,11 @@ def test_index_of_a_name_and_an_unknown_name() -> None:
     ("background", "1 classes; need 2 to 255"),
     ("background,nerve,nerve", "the name 'nerve' is given twice"),
     ("nerve,background,nerve", "the name 'nerve' is given twice"),
-    ("background,,vessel", "an empty name"),
-    ("background,nerve,", "an empty name"),
-    (",nerve", "an empty name"),
-    ("", "an empty name"),
-    ("background, ", "an empty name"),
+    ("background,,vessel", "an empty item"),
+    ("background,nerve,", "an empty item"),
+    (",nerve", "an empty item"),
+    ("", "an empty item"),
+    ("background, ", "an empty item"),
     ("background,blood vessel", "'blood vessel' is not a safe file name"),
     ("background,../nerve", "is not a safe file name"),
     ("background,a/b", "is not a safe file name"),
@@ -84,6 +86,12 @@ def test_index_of_a_name_and_an_unknown_name() -> None:
     ("background,ner;ve", "is not a safe file name"),
     ("background,-x", "is not a safe file name"),
     ("background," + "n" * 201, "at most 200"),
+    # names the formats reserve become folders beside those files (docs/formats.md)
+    ("background,classes.json", "class name 'classes.json' is a name nerveseg gives"),
+    ("background,prediction.json", "(prediction.json)"),
+    ("background,Prediction.JSON", "'Prediction.JSON' is, ignoring case, a name"),
+    ("background,masks,vessel", "(masks)"),
+    ("background,nerve,Nerve", "the names 'nerve' and 'Nerve' differ only by case"),
 ])
 def test_bad_specs_are_refused(spec: str, fragment: str) -> None:
     with pytest.raises(NervesegError, match="--classes") as info:
@@ -101,13 +109,26 @@ def test_a_tuple_is_checked_like_a_parsed_spec() -> None:
         Classes(tuple(f"c{i}" for i in range(MAX_CLASSES + 1)))
 
 
-@given(st.lists(SAFE_NAME, min_size=2, max_size=8, unique=True))
+@given(st.lists(SAFE_NAME.filter(lambda name: reserved_as(name) is None), min_size=2,
+                max_size=8, unique_by=str.casefold))
 @settings(max_examples=60, deadline=None)
 def test_any_safe_distinct_names_parse_back(names: list[str]) -> None:
     spec = ",".join(names)
     if spec.isdigit():  # a single number is a count, not a name
         return
     assert Classes.parse(spec).names == tuple(names)
+
+
+@given(st.sampled_from(sorted(RESERVED_NAMES)), st.randoms(use_true_random=False))
+@settings(max_examples=60, deadline=None)
+def test_every_reserved_name_in_any_case_is_refused(name: str, random) -> None:
+    """A reserved name is refused however it is capitalised (a case-insensitive file system
+    holds one of them), from the command line and from a classes.json alike."""
+    cased = "".join(c.upper() if random.random() < 0.5 else c for c in name)
+    with pytest.raises(NervesegError, match=f"'{re.escape(cased)}' is"):
+        Classes.parse(f"background,{cased}")
+    with pytest.raises(NervesegError, match=r"^here: class name"):
+        Classes.named(["background", cased], "here")
 
 
 def test_classes_json_round_trip(tmp_path: Path) -> None:
@@ -136,7 +157,8 @@ def test_malformed_classes_json_names_the_file(tmp_path: Path, text: str) -> Non
 
 
 @pytest.mark.parametrize("names", [["background"], ["background", "a", "a"],
-                                   ["background", "x/y"]])
+                                   ["background", "x/y"], ["background", "classes.json"],
+                                   ["background", "A", "a"]])
 def test_classes_json_with_bad_names_is_refused(tmp_path: Path, names: list[str]) -> None:
     (tmp_path / CLASSES_JSON).write_text(json.dumps({"classes": names}))
     with pytest.raises(NervesegError):

@@ -18,6 +18,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nerveseg_cli import device
 from nerveseg_cli.device import derived_seed, resolve_amp, resolve_device
 from nerveseg_cli.errors import NervesegError
 from nerveseg_cli.models import ModelConfig, build_model
@@ -32,7 +33,7 @@ CAPABILITIES = {0: (7, 5), 1: (8, 0), 2: (6, 0), 3: (9, 0)}  # T4, A100, P100, H
 
 
 @pytest.fixture
-def fake_gpus(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+def fake_gpus(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Any]:
     """Four visible GPUs of mixed generations; current device 2; what was called."""
     calls: dict[str, Any] = {"set_device": [], "init": []}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -42,6 +43,10 @@ def fake_gpus(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
                         lambda device=None: CAPABILITIES[torch.device(device).index])
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", _must_not_be_asked)
     monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls["set_device"].append(d))
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda i: SimpleNamespace(uuid=f"fake-{torch.device('cuda', i).index}"))
+    monkeypatch.setenv(device.GPU_LOCKS_ENV, str(tmp_path / "gpu-locks"))
+    monkeypatch.setattr(device, "_claimed", {})
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: bool(calls["init"]))
     monkeypatch.setattr(torch.distributed, "init_process_group",
                         lambda backend, **kw: calls["init"].append((backend, kw,
@@ -65,7 +70,6 @@ def test_amp_auto_follows_the_chosen_gpus_capability(fake_gpus: dict, index: int
 def test_cuda_devices_carry_their_index(fake_gpus: dict,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_device("cuda") == torch.device("cuda", 2)  # the current one
-    assert resolve_device("auto") == torch.device("cuda", 2)
     assert resolve_device("cuda", local_rank=1) == torch.device("cuda", 1)
     assert resolve_device("cuda:3", local_rank=1) == torch.device("cuda", 3)
     with pytest.raises(NervesegError, match="process LOCAL_RANK 4: no such GPU"):
@@ -77,6 +81,61 @@ def test_cuda_devices_carry_their_index(fake_gpus: dict,
     # a launcher that gave each process its own CUDA_VISIBLE_DEVICES: the one GPU it sees
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert resolve_device("cuda", local_rank=3) == torch.device("cuda", 0)
+
+
+def test_auto_claims_a_gpu_no_other_process_holds(fake_gpus: dict, tmp_path: Path) -> None:
+    from nerveseg_cli.io.locks import try_lock
+
+    others = [try_lock(device.gpu_locks_folder() / f"gpu-fake-{i}.lock") for i in (0, 1)]
+    assert all(others)  # as other processes would hold them (flock: per open file)
+    assert resolve_device("auto") == torch.device("cuda", 2)
+    assert fake_gpus["set_device"] == [2]  # the current device from then on
+    assert resolve_device("auto") == torch.device("cuda", 2)  # the same claim, every call
+    for lock in others:
+        lock.release()
+
+
+def test_auto_shares_the_current_gpu_when_every_gpu_is_held(
+        fake_gpus: dict, tmp_path: Path) -> None:
+    from nerveseg_cli.errors import NervesegWarning
+    from nerveseg_cli.io.locks import try_lock
+
+    others = [try_lock(device.gpu_locks_folder() / f"gpu-fake-{i}.lock") for i in range(4)]
+    with pytest.warns(NervesegWarning, match="all 4 visible GPUs are held"):
+        assert resolve_device("auto") == torch.device("cuda", 2)
+    for lock in others:
+        lock.release()
+
+
+CLAIMER = """
+import sys, types, torch
+torch.cuda.is_available = lambda: True
+torch.cuda.device_count = lambda: 2
+torch.cuda.current_device = lambda: 0
+torch.cuda.set_device = lambda d: None
+torch.cuda.get_device_properties = lambda i: types.SimpleNamespace(uuid=f"fake-{i}")
+from nerveseg_cli.device import resolve_device
+print(resolve_device("auto").index, flush=True)
+sys.stdin.read()  # hold the claim until the test closes stdin
+"""
+
+
+def test_two_processes_never_get_the_same_gpu(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, device.GPU_LOCKS_ENV: str(tmp_path / "locks"),
+           "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    claimers = [subprocess.Popen([sys.executable, "-c", CLAIMER], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True, env=env)
+                for _ in range(2)]
+    try:
+        chosen = sorted(int(p.stdout.readline()) for p in claimers)  # type: ignore[union-attr]
+    finally:
+        for claimer in claimers:
+            claimer.communicate("")
+    assert chosen == [0, 1]
 
 
 def test_a_process_joins_nccl_on_its_own_gpu(fake_gpus: dict) -> None:

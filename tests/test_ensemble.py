@@ -234,7 +234,7 @@ def test_bad_options_and_folders(tmp_path: Path) -> None:
         (["ensemble", *members, "--method", "weighted", "--weights", "1,2,3"],
          ["3 values for 2 folders"]),
         (["ensemble", *members, "--method", "weighted", "--weights", "1,x"],
-         ["not a comma-separated list"]),
+         ["--weights '1,x': 'x' is not a number", "a comma-separated list"]),
         (["ensemble", *members, "--method", "weighted", "--weights", "0,0"],
          ["positive sum"]),
         (["ensemble", *members, "--weights", "1,2"], ["only used with --method weighted"]),

@@ -288,18 +288,24 @@ def test_the_sidecar_of_another_export_is_refused(workspace: Path, exported: Pat
     assert_refused(workspace, _predict(model, workspace), "belongs to another export")
 
 
-@pytest.mark.parametrize(("section", "field", "value", "fragment"), [
-    ("input", "shape", ["batch", 3, "height", "width"], "sidecar says 3 channels"),
-    ("outputs", "mask_logits", {"name": MASK, "shape": ["batch", 2, "height", "width"]},
+@pytest.mark.parametrize(("changes", "fragment"), [
+    # the sidecar says its input channels three times (shape, model record, export check)
+    ({"input__shape": ["batch", 3, "height", "width"]},
+     "input channels 3 but its export check (check.inputs) says 1"),
+    ({"outputs__mask_logits": {"name": MASK, "shape": ["batch", 2, "height", "width"]}},
      "2 mask channels for a binary model"),
-    ("outputs", "presence_logits", {"name": PRESENCE, "shape": ["batch"]},
+    ({"outputs__presence_logits": {"name": PRESENCE, "shape": ["batch"]}},
+     "presence output True but its model record says False"),
+    # every record of the sidecar edited alike: the graph itself refuses it
+    ({"outputs__presence_logits": {"name": PRESENCE, "shape": ["batch"]},
+      "model__presence_head": True, "training__presence_head": True},
      "sidecar says mask_logits, presence_logits"),
 ])
 def test_a_sidecar_edited_to_other_channels_is_refused(workspace: Path, exported: Path,
-                                                       section: str, field: str, value: Any,
+                                                       changes: dict[str, Any],
                                                        fragment: str) -> None:
     model = _copy_export(exported, workspace)
-    _edit_sidecar(model, **{f"{section}__{field}": value})
+    _edit_sidecar(model, **changes)
     assert_refused(workspace, _predict(model, workspace), fragment)
 
 

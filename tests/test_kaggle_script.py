@@ -37,10 +37,9 @@ Smoke = tuple[Path, subprocess.CompletedProcess]
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory: pytest.TempPathFactory) -> Smoke:
-    """One SMOKE run with the CRF, folds in parallel as on two GPUs (CUDA_VISIBLE_DEVICES=0,1:
-    on a machine without them, each process falls back to the CPU)."""
+    """One SMOKE run with the CRF."""
     out = tmp_path_factory.mktemp("kaggle") / "work"
-    done = run_script(out, SMOKE="1", CRF="1", DEVICE="auto", CUDA_VISIBLE_DEVICES="0,1")
+    done = run_script(out, SMOKE="1", CRF="1", DEVICE="auto")
     assert done.returncode == 0, done.stderr[-3000:]
     return out, done
 
@@ -62,7 +61,6 @@ def test_smoke_run_leaves_every_step_behind(smoke: Smoke) -> None:
     assert sorted(folds["fold"].unique()) == [0, 1]
     for k in (0, 1):
         assert (out / "runs" / f"fold{k}" / "model.safetensors").is_file()
-        assert (out / "logs" / f"train-fold{k}.log").is_file()  # the parallel branch ran
         assert len(list((out / "test" / f"fold{k}").glob("*.png"))) == 4
     oof = sorted(p.stem for p in (out / "oof" / "probs").glob("*.png"))
     assert oof == sorted(folds["id"])  # every training image, out of fold
@@ -108,10 +106,10 @@ def run_with_stub(tmp_path: Path, name: str, **env: str) -> tuple[Path, list[str
     return out, calls.read_text().splitlines() if calls.exists() else [], done
 
 
-def test_without_gpus_every_step_runs_in_the_foreground_in_order(tmp_path: Path) -> None:
-    """No GPU visible: the folds train and predict one after the other in the foreground (their
-    output on the terminal, no logs folder), no CRF unless asked, no --overwrite unless
-    OVERWRITE=1."""
+def test_every_step_runs_in_the_foreground_in_order(tmp_path: Path) -> None:
+    """The folds train and predict one after the other in the foreground (their output on the
+    terminal, no logs folder: the parallel fan-out is the workflow's), no CRF unless asked, no
+    --overwrite unless OVERWRITE=1."""
     out, calls, done = run_with_stub(tmp_path, "work", SMOKE="1", DEVICE="cpu")
     assert done.returncode == 0, done.stderr[-3000:]
     assert [c.split()[0] for c in calls] == ["synth", "dedupe", "split", "train", "train",

@@ -463,7 +463,8 @@ def label_value(rel: str, value: int) -> Setup:
 
 
 def other_classes(rel: str, names: Sequence[str]) -> Setup:
-    """A folder of several classes renamed: classes.json and its class folders."""
+    """A folder of several classes renamed consistently: classes.json, its class folders and
+    every prediction.json's class list (a half-renamed folder is refused on its own)."""
     def step(ws: Path) -> None:
         folder = ws / rel
         old = json.loads((folder / "classes.json").read_text())["classes"]
@@ -471,6 +472,14 @@ def other_classes(rel: str, names: Sequence[str]) -> Setup:
             if before != after:
                 (folder / before).rename(folder / after)
         (folder / "classes.json").write_text(json.dumps({"classes": list(names)}))
+        for record in [folder / "prediction.json",
+                       *(folder / name / "prediction.json" for name in names[1:])]:
+            if record.is_file():
+                data = json.loads(record.read_text())
+                data["classes"] = list(names)
+                if "class" in data:
+                    data["class"] = record.parent.name
+                record.write_text(json.dumps(data))
     return step
 
 
@@ -480,6 +489,7 @@ def run_with_classes(rel: str, names: Sequence[str]) -> Setup:
         shutil.copytree(ws / "run", ws / rel)
         config = json.loads((ws / rel / "config.json").read_text())
         config["classes"] = list(names)
+        config["training"]["classes"] = ",".join(names)  # its own record agrees
         (ws / rel / "config.json").write_text(json.dumps(config))
     return step
 
@@ -710,7 +720,7 @@ OPTIONS = cases(
     case("decode_one_class", "rle-decode", "{ws}/data/train_masks.csv", "--classes", "1",
          "--out", "{ws}/d", expect=["--classes 1", "need 2 to 255"]),
     case("decode_empty_class_name", "rle-decode", "{ws}/data/train_masks.csv", "--classes",
-         "background,,vessel", "--out", "{ws}/d", expect=["--classes", "an empty name"]),
+         "background,,vessel", "--out", "{ws}/d", expect=["--classes", "an empty item"]),
 )
 
 

@@ -115,3 +115,123 @@ def test_emoji_codes_and_markup_in_paths_are_printed_as_they_are(tmp_path: Path)
                      "--size", "32x32")
     assert result.exit_code == 0, result.stderr
     assert "a:100:b[bold]c" in result.stdout.replace("\n", "").replace(" ", "").replace("│", "")
+
+
+# --------------------------------------------------------------------------------------------
+# links in an output, and commits of several parts (issue 26)
+
+
+def _links(out: Path, outside: Path) -> None:
+    (out / "nerve").mkdir(parents=True)
+    (out / "nerve" / "1.png").write_text("old")
+    (out / "first.png").symlink_to(out / "nerve" / "1.png")  # a file inside: allowed
+    (outside / "data").mkdir(parents=True)
+
+
+@pytest.mark.parametrize("declare", ["folder", "resumable", "preflight"])
+@pytest.mark.parametrize("where, to, problem", [
+    ("vessel", "data", "outside the output"),
+    ("nerve/2.png", "data/x.png", "outside the output"),  # a file, deeper down
+    ("vessel", "out/nerve", "a symbolic link to the folder"),  # inside, but a folder
+])
+def test_an_output_holding_a_link_out_or_to_a_folder_is_refused_before_any_write(
+        tmp_path: Path, declare: str, where: str, to: str, problem: str) -> None:
+    out = tmp_path / "out"
+    _links(out, tmp_path)
+    (out / where).symlink_to(tmp_path / to)
+    before = snapshot(tmp_path)
+    with pytest.raises(NervesegError, match=problem) as raised:
+        if declare == "preflight":
+            Outputs.preflight([], folders=[out], overwrite=True)
+        with Outputs() as outputs:
+            if declare == "folder":
+                outputs.folder(out, overwrite=True)
+            else:
+                outputs.resumable_folder(out, resume=True)
+    assert str(raised.value).startswith(f"{out / where}: a symbolic link to ")
+    assert snapshot(tmp_path) == before
+
+
+def test_an_output_that_is_a_link_is_judged_by_the_folder_it_leads_to(tmp_path: Path) -> None:
+    real = tmp_path / "disk" / "maps"
+    _links(real, tmp_path)
+    (tmp_path / "out").symlink_to(real)
+    with Outputs() as outputs:
+        stage = outputs.folder(tmp_path / "out", overwrite=True)
+        assert stage.parent == real.parent  # staged where the renames stay on one disk
+        atomic_write_text(stage / "first.png", "new")
+    assert not (real / "first.png").is_symlink()  # the link was replaced ...
+    assert (real / "first.png").read_text() == "new"
+    assert (real / "nerve" / "1.png").read_text() == "old"  # ... not written through
+    assert sorted(p.name for p in real.parent.iterdir()) == ["maps"]
+
+
+def test_a_commit_that_meets_a_file_for_a_folder_moves_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "classes.json").write_text("old")
+    (out / "a").mkdir()
+    (out / "a" / "1.png").write_text("old")
+    (out / "b").write_text("a file named like a class")
+    before = snapshot(tmp_path)
+    with pytest.raises(NervesegError) as raised, Outputs() as outputs:
+        summary = outputs.file(tmp_path / "summary.json")
+        atomic_write_text(summary, "{}")
+        folder = outputs.folder(out, overwrite=True)
+        atomic_write_text(folder / "classes.json", "new")
+        for name in ("a", "b"):
+            (folder / name).mkdir()
+            atomic_write_text(folder / name / "1.png", "new")
+    assert str(raised.value) == (f"{out / 'b'}: a file is where the output puts a folder; "
+                                 "nothing was written (remove it or choose another output)")
+    assert snapshot(tmp_path) == before  # summary.json, classes.json, a/1.png: none moved
+
+
+def test_a_folder_where_a_file_goes_is_refused_not_removed(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    (out / "summary.json").mkdir(parents=True)
+    (out / "summary.json" / "mine.txt").write_text("mine")
+    before = snapshot(tmp_path)
+    with pytest.raises(NervesegError, match="a folder is where the output puts a file"), \
+            Outputs() as outputs:
+        atomic_write_text(outputs.folder(out, overwrite=True) / "summary.json", "{}")
+    assert snapshot(tmp_path) == before
+
+
+def test_a_rename_failing_during_the_commit_undoes_the_ones_before(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("a.txt", "b.txt", "c.txt"):
+        (out / name).write_text("old")
+    before = snapshot(tmp_path)
+    real_rename = os.rename
+
+    def fails_on_c(source: str, target: str) -> None:
+        if Path(target) == out / "c.txt" and Path(source).name == "c.txt":  # the staged one
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real_rename(source, target)
+
+    monkeypatch.setattr(outputs_module.os, "rename", fails_on_c)
+    with pytest.raises(NervesegError) as raised, Outputs() as outputs:
+        folder = outputs.folder(out, overwrite=True)
+        for name in ("a.txt", "b.txt", "c.txt", "d.txt"):
+            atomic_write_text(folder / name, "new")
+    assert str(raised.value).startswith(f"{out / 'c.txt'}: cannot write (")
+    assert snapshot(tmp_path) == before  # a.txt and b.txt are back, no stage or backup left
+
+
+def test_subfolders_are_all_checked_before_any_is_made(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "vessel").write_text("a file")
+    (out / "old.txt").write_text("old")
+    (out / "link").symlink_to(out / "old.txt")
+    for names, bad in ((["nerve", "vessel"], "vessel"), (["nerve", "link"], "link")):
+        with pytest.raises(NervesegError, match="a file is where the output puts a folder"), \
+                Outputs() as outputs:
+            outputs.subfolders(outputs.resumable_folder(out, overwrite=True), names)
+        assert not (out / "nerve").exists(), bad
+    with Outputs() as outputs:
+        made = outputs.subfolders(outputs.resumable_folder(out, overwrite=True), ["nerve"])
+    assert made == [out / "nerve"] and made[0].is_dir()

@@ -53,6 +53,29 @@ def test_train_writes_a_complete_run_folder(manifest: Path, tmp_path: Path) -> N
     assert "epoch   2" in (run / "train.log").read_text()
 
 
+def test_fold_all_prints_no_validation_and_no_best(manifest: Path, tmp_path: Path) -> None:
+    """Without validation there is no validation figure and no best epoch: the epoch lines,
+    train.log, metrics.csv and the summary show what exists, and say that model.safetensors
+    holds the last epoch (which it does)."""
+    run = tmp_path / "run"
+    result = run_cli("train", manifest, "--fold", "all", "--out", run, "--arch", "unet-plain",
+                     "--width", "2", *TINY, "--json")
+    assert result.exit_code == 0, result.stderr
+    log = (run / "train.log").read_text().splitlines()
+    assert len(log) == 2
+    for line in [*log, *result.stderr.splitlines()]:
+        assert "nan" not in line and "*best" not in line and "val " not in line, line
+    assert all(line.endswith("(no validation: model.safetensors holds the last epoch)")
+               for line in log), log
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert rows[1].split(",")[3:6] == ["", "", ""], rows  # val_loss, val_dice, presence
+    summary = json.loads(result.stdout)
+    assert summary["best_epoch"] is None and summary["best_val_dice"] is None
+    assert summary["model"] == "last epoch (no validation)"
+    best, last = load_file(str(run / "model.safetensors")), load_file(str(run / "last.safetensors"))
+    assert all(torch.equal(best[k], last[k]) for k in last)
+
+
 def test_validation_dice_is_the_score_metric(manifest: Path, tmp_path: Path) -> None:
     """Re-scoring the saved best model on fold 0 reproduces the logged best Dice."""
     from nerveseg_cli.score import counts_from_histograms, dice, value_histograms

@@ -125,7 +125,7 @@ def test_a_resumed_run_keeps_the_decoders_it_was_trained_with(tmp_path: Path) ->
     (tmp_path / "config.json").write_text(json.dumps({
         "model": {"arch": "unet", "classes": 3}, "geometry": {"mode": "pad", "width": 32,
                                                                 "height": 32},
-        "normalization": {"mean": 0.5, "std": 0.2}, "classes": ["background", "a", "b"],
+        "normalization": {"mean": 0.5, "std": 0.2}, "classes": ["background", "class1", "class2"],
         "training": saved.to_dict()}))
     options = resolve_train_options(DEFAULTS.to_dict(), resume=tmp_path).options
     assert options.classes == "3" and options.decoders is None

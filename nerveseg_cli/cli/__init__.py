@@ -23,6 +23,7 @@ from nerveseg_cli.cli import (  # noqa: F401  (register the commands, in pipelin
     rle_encode,
     rle_decode,
     demo,
+    workflow,
 )
 # isort: on
 from nerveseg_cli.cli._app import app, main

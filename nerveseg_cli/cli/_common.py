@@ -141,6 +141,8 @@ def key_value_table(title: str, rows: dict[str, Any]) -> Table:
 
 
 def format_value(value: Any) -> str:
+    if value is None:  # a figure that does not exist (null in --json)
+        return "n/a"
     if isinstance(value, float):
         return "n/a" if value != value else f"{value:.4f}"
     return str(value)

@@ -38,7 +38,8 @@ P_MODEL, P_DATA, P_LOSS, P_AUG, P_OPT, P_RUN = (
 # Parameters whose CLI name differs from the TrainOptions field.
 RENAMED = {"compile_model": "compile"}
 # Parameters that are not train options.
-NOT_OPTIONS = ("out", "resume", "overwrite", "json_output", "config_file", "recipe")
+NOT_OPTIONS = ("out", "resume", "continue_run", "overwrite", "json_output", "config_file",
+               "recipe")
 
 
 def _opt(panel: str, help: str, *names: str, **kwargs: Any) -> Any:
@@ -94,6 +95,10 @@ def train_command(
     resume: Annotated[Path | None, typer.Option(
         help="Continue this run folder from its last saved state.", show_default=False)
     ] = None,
+    continue_run: Annotated[bool, typer.Option(
+        "--continue", help="With MANIFEST and --out as for a new run: start it, continue it "
+        "from its last save, or say it is complete (the same command line every time: "
+        "retries, re-queued jobs).")] = False,
     recipe: Annotated[str | None, typer.Option(
         help="Start from a shipped recipe (`nerveseg recipes`); flags given override it.",
         show_default=False)] = None,
@@ -222,9 +227,13 @@ def train_command(
 
     if resume is None and (manifest is None or out is None):
         raise NervesegError("train needs MANIFEST and --out (or --resume RUN)")
+    if continue_run:
+        resume, overwrite = _continuation(out, resume, overwrite)
     given, explicit = _given_options(ctx)
+    # --continue resolves the command line as for a new run (it is the first start's, recipe
+    # included) and train() then compares it with the saved options
     resolved = resolve_train_options(given, explicit, recipe=recipe, config_file=config_file,
-                                     resume=resume)
+                                     resume=None if continue_run else resume)
     reporter = RichReporter()
     try:
         result = train(resolved.options, resume or out, overwrite=overwrite,
@@ -234,8 +243,17 @@ def train_command(
         reporter.close()
         stderr.print(f"interrupted: {stopped}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(stopped.exit_code) from None
-    summary = {"run": str(result.run), "best_epoch": result.best_epoch,
-               "best_val_dice": result.best_dice, "epochs_run": len(result.history),
+    if result.already_complete:
+        stderr.print(f"{result.run}: complete ({len(result.history)} epochs"
+                     + (", stopped early by --patience" if result.stopped_early else "")
+                     + "): nothing to train", markup=False, highlight=False, soft_wrap=True)
+    validated = any(record.validated for record in result.history)
+    # without validation there is no best: model.safetensors holds the last epoch
+    summary = {"run": str(result.run),
+               "best_epoch": result.best_epoch if validated else None,
+               "best_val_dice": result.best_dice if validated else None,
+               **({} if validated else {"model": "last epoch (no validation)"}),
+               "epochs_run": len(result.history),
                "stopped_early": result.stopped_early, "parameters": result.parameters}
     if json_output:
         print_json(summary)
@@ -243,20 +261,33 @@ def train_command(
         stdout.print(key_value_table("train", summary))
 
 
+def _continuation(out: Path | None, resume: Path | None,
+                  overwrite: bool) -> tuple[Path | None, bool]:
+    """``--continue``: the run to resume (or None) and whether to overwrite, from what the run
+    folder holds; says which on stderr."""
+    from nerveseg_cli.errors import NervesegError
+    from nerveseg_cli.train.continuation import plan_continuation
+
+    if resume is not None or overwrite:
+        raise NervesegError("--continue decides from the run folder whether to start or resume: "
+                            "give MANIFEST and --out, without --resume or --overwrite")
+    plan = plan_continuation(out)  # type: ignore[arg-type]  (checked by the caller)
+    stderr.print(plan.message, markup=False, highlight=False, soft_wrap=True)
+    return (out if plan.resume else None), plan.overwrite
+
+
 def _given_options(ctx: typer.Context) -> tuple[dict[str, Any], set[str]]:
     """The command line as TrainOptions fields, and the fields the user typed (they win over a
     recipe and must match the run on --resume)."""
-    from nerveseg_cli.errors import NervesegError
+    from nerveseg_cli.lists import parse_list
 
     given = {RENAMED.get(k, k): v for k, v in ctx.params.items() if k not in NOT_OPTIONS}
     given["manifest"] = str(given["manifest"]) if given["manifest"] else ""
     text = given["loss_weights"]
     if text:
-        try:
-            given["loss_weights"] = [float(w) for w in text.split(",")]
-        except ValueError:
-            raise NervesegError(f"--loss-weights {text!r} is not comma-separated "
-                                "numbers") from None
+        given["loss_weights"] = parse_list(text, "--loss-weights", float, what="a number",
+                                           distinct=False, usage="comma-separated numbers, "
+                                           "one per --loss term, e.g. 1,0.5")
     explicit = {RENAMED.get(k, k) for k in ctx.params
                 if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
     return given, explicit

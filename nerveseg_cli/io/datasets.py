@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nerveseg_cli.errors import NervesegError, brief, warn
+from nerveseg_cli.errors import NervesegError, brief, require_file, require_folder, warn
 from nerveseg_cli.io.images import IMAGE_SUFFIXES, LabelMapReader, MaskReader, read_image
 from nerveseg_cli.io.outputs import atomic_write_text
 from nerveseg_cli.io.parallel import thread_map
@@ -215,7 +215,7 @@ def discover_images(path: str | Path, subject_regex: str | None = None,
         return _video_samples(path, videos)
     if path.is_file():
         if not is_manifest(path):
-            raise NervesegError(f"{path}: not a manifest CSV (header must start with id,image)")
+            raise NervesegError(f"{path}: {_not_a_set(path, videos)}")
         return read_manifest(path)
     if not path.is_dir():
         raise NervesegError(f"{path}: no such file or folder")
@@ -237,6 +237,20 @@ def discover_images(path: str | Path, subject_regex: str | None = None,
             for i in sort_ids(images)]
 
 
+def _not_a_set(path: Path, videos: bool) -> str:
+    """Why a file is not an image set, naming the forms the command reads (a video of an
+    unread suffix is told which suffixes are)."""
+    from nerveseg_cli.io.video import VIDEO_SUFFIXES
+
+    if path.suffix.lower() == ".csv":
+        return "not a manifest CSV (header must start with id,image)"
+    forms = ["a manifest CSV (.csv, header id,image...)"]
+    if videos:
+        forms.append(f"a video ({' '.join(VIDEO_SUFFIXES)})")
+    return (f"not an image set: a file given as one must be {' or '.join(forms)}; else give a "
+            "folder of images")
+
+
 def _video_samples(path: Path, allowed: bool) -> list[Sample]:
     """A video's frames as samples (ids frame_000001 ...; the subject: the video's name)."""
     from nerveseg_cli.io.video import frame_id, probe_video, refuse_video
@@ -253,9 +267,7 @@ def discover_maps(path: str | Path) -> dict[str, Path]:
     Accepts a flat folder of ``ID.ext`` files (what ``rle-decode`` and ``predict`` write), a
     Kaggle folder (its ``ID_mask`` files) or a generic folder (its ``masks/``).
     """
-    path = Path(path)
-    if not path.is_dir():
-        raise NervesegError(f"{path}: no such folder")
+    path = require_folder(Path(path), "a folder of maps (ID.png ...)")
     if (path / "images").is_dir() or (path / "masks").is_dir() or any(
         f.stem.endswith(MASK_SUFFIX) for f in _image_files(path)
     ):
@@ -281,9 +293,7 @@ def read_csv_header(path: Path) -> list[str]:
 
 def read_csv_rows(path: str | Path) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
     """Return the header and an iterator of (line number, row) for the data rows."""
-    path = Path(path)
-    if not path.is_file():
-        raise NervesegError(f"{path}: no such file")
+    path = require_file(Path(path), "a CSV file")
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:

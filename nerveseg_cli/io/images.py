@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from nerveseg_cli.errors import NervesegError, brief, warn
+from nerveseg_cli.errors import NervesegError, brief, require_file, warn
 
 # OpenCV prints codec errors ("[ERROR] ... TIFF_Error ...") itself; nerveseg reports an
 # unreadable file as one error line of its own instead.
@@ -51,10 +51,7 @@ def parse_size(text: str, option: str = "--size") -> tuple[int, int]:
 
 def read_raw(path: Path) -> np.ndarray:
     """The array OpenCV decodes from ``path``, unconverted."""
-    if path.is_dir():
-        raise NervesegError(f"{path}: is a folder, not an image file")
-    if not path.is_file():
-        raise NervesegError(f"{path}: no such file")
+    require_file(path, "an image file")
     data = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if data is None:
         raise NervesegError(f"{path}: not a readable image (png, tif, jpg or bmp)")
@@ -195,8 +192,7 @@ class MaskReader:
             return
         what = "colours" if raw.ndim == 3 else "values"
         raise NervesegError(f"{path}: a label map of several classes ({what} "
-                            f"{format_values(values)}); pass --label N to take class N as the "
-                            "foreground (docs/formats.md)")
+                            f"{format_values(values)}); {LABEL_OR_CLASSES} (docs/formats.md)")
 
     def _note_label(self, raw: np.ndarray, mask: np.ndarray) -> None:
         self.read_any = True
@@ -229,7 +225,13 @@ class MaskReader:
             return
         if self.any_nonzero and not self.any_foreground:
             warn(f"{self.source}: values never exceed half their range, so every mask reads "
-                 "as empty; for a label map (0/1/2...) pass --label N")
+                 f"as empty; for a label map (0/1/2...) {LABEL_OR_CLASSES}")
+
+
+# What a reader of binary masks tells a label map's user: every command that reads masks takes
+# both options (docs/formats.md, "Label maps" and "Classes").
+LABEL_OR_CLASSES = ("pass --label N to take class N as the foreground, or --classes (names, "
+                    "background first, or their count) to keep every class")
 
 
 class LabelMapReader:

@@ -5,21 +5,32 @@ output rules of docs/formats.md for every command:
   ``--overwrite``, is refused);
 * no output may be an input, lie inside an input folder, or (a folder) hold an input, the
   same path reached through a symlink included;
+* every write lands inside its output: an existing output folder (``--overwrite``,
+  ``--resume``) that holds, at any depth, a symbolic link leaving it, or a link to a folder
+  (writes through it would land on another entry), is refused before anything is written.
+  Links to files inside it are kept, and a write replaces such a link, never its file. The
+  output itself may be a link to a folder elsewhere (the user's choice; the guard below
+  judges the folder it leads to, and the stage goes beside that folder);
 * a command's outputs are written away from their place (a hidden ``.NAME.*.partial`` folder
-  beside it) and put in place together when the command succeeds, so a failed command leaves
-  its outputs as it found them; outputs that a ``--resume`` continues (predict, crf, train)
-  are written in place, and a failed run removes what it added unless it is resumable;
+  beside it) and put in place together when the command succeeds: every rename is planned
+  and checked first (a file where the output puts a folder, or the reverse, is refused:
+  such an entry is the user's), what a rename replaces is kept aside until all are made, and
+  a failure undoes them, so a failed command leaves its outputs as it found them and its
+  error names the output, never a stage; outputs that a ``--resume`` continues (predict,
+  crf, train) are written in place (their class folders all checked before the first
+  write), and a failed run removes what it added unless it is resumable;
 * every file is written to a temporary file and renamed over its target only when complete,
   and a write that fails names the output, not the temporary file.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -29,6 +40,7 @@ import numpy as np
 
 from nerveseg_cli.errors import NervesegError
 from nerveseg_cli.io.images import encode_image
+from nerveseg_cli.io.locks import OutputLock, is_lock_file, lock_output
 
 # Read once at import: os.umask can only be read by setting it, which is not thread-safe.
 _UMASK = os.umask(0o022)
@@ -161,10 +173,37 @@ def check_output_dir(path: str | Path, overwrite: bool, resume: bool = False) ->
     _refuse_dangling_link(path)
     if path.exists() and not path.is_dir():
         raise NervesegError(f"{path}: output exists and is not a folder")
-    if path.is_dir() and any(path.iterdir()) and not (overwrite or resume):
+    # a lock file a killed writer left is not an output: the folder is empty without it
+    if path.is_dir() and not (overwrite or resume) and \
+            any(not is_lock_file(p.name) for p in path.iterdir()):
         raise NervesegError(f"{path}: output folder is not empty (pass --overwrite to write "
                             "into it)")
+    refuse_links_out(path)
     return path
+
+
+def refuse_links_out(folder: Path) -> None:
+    """Refuse an existing output folder that holds (at any depth) a symbolic link leaving it
+    or a link to a folder: what a command writes through such a link would land outside the
+    output, or on another of its entries (module docstring). ``folder`` itself may be a link:
+    its contents are judged against the folder it leads to."""
+    if not folder.is_dir():
+        return
+    root = real_path(folder)
+    for parent, folders, files in os.walk(folder):  # never descends into linked folders
+        for name in (*folders, *files):
+            link = Path(parent) / name
+            if not link.is_symlink():
+                continue
+            target = real_path(link)
+            if not target.is_relative_to(root):
+                problem = f"a symbolic link to {target}, outside the output"
+            elif target.is_dir():
+                problem = f"a symbolic link to the folder {target}"
+            else:
+                continue  # a link to a file inside: a write replaces the link, never its file
+            raise NervesegError(f"{link}: {problem}; writes would land there (remove the link "
+                                "or choose another output)")
 
 
 def prepare_output_dir(path: str | Path, overwrite: bool, resume: bool = False) -> Path:
@@ -224,6 +263,7 @@ class Outputs:
     _staged: list[_Staged] = field(default_factory=list)
     _in_place: list[_InPlace] = field(default_factory=list)
     _made: list[Path] = field(default_factory=list)  # folders made for the outputs
+    _locks: list[OutputLock] = field(default_factory=list)  # of the in-place folders
 
     def __post_init__(self) -> None:
         self.inputs = [real_path(p) for p in self.inputs if p is not None]
@@ -284,17 +324,17 @@ class Outputs:
 
     def resumable_folder(self, path: str | Path, *, overwrite: bool = False,
                          resume: bool = False,
-                         resumable: Callable[[set[str]], bool] = lambda added: False) -> Path:
-        """Check an output folder that a later ``--resume`` continues, and create it: files go
-        straight into it. If the command fails, the files it added are removed unless
-        ``resumable(names added)`` says a resume can use them."""
+                         resumable: Callable[[set[str]], bool] = lambda added: False,
+                         share: tuple[int, int] | None = None) -> Path:
+        """Check an output folder that a later ``--resume`` continues, create it and lock it
+        until the command ends (one writer at a time, or ``share=(K, N)``: the K-th of N
+        ``--part`` writers; :mod:`~nerveseg_cli.io.locks`): files go straight into it. If the
+        command fails, the files it added are removed unless ``resumable(names added)`` says a
+        resume can use them."""
         path = Path(path)
         self._guard(path, is_folder=True)
         check_output_dir(path, overwrite, resume)
         existed = path.is_dir()
-        if resume and existed:
-            remove_interrupted_writes(path)
-        before = {p.name for p in path.iterdir()} if existed else set()
         self._make_parents(path)
         try:
             path.mkdir(exist_ok=True)
@@ -302,8 +342,27 @@ class Outputs:
             raise write_error(path, exc) from None
         if not existed:
             self._made.append(path)
+        self._locks.append(lock_output(path, share))  # before anything in it is touched
+        if resume and existed and self._locks[-1].whole:  # a part's temporary files cannot
+            remove_interrupted_writes(path)  # be told from those other parts are writing
+        before = {p.name for p in path.iterdir()}
         self._in_place.append(_InPlace(path, existed, before, resumable))
         return path
+
+    def subfolders(self, folder: Path, names: Iterable[str]) -> list[Path]:
+        """Create the folders ``folder/NAME`` (class folders) of a folder written in place,
+        all checked first: an entry of one of these names that is not a folder is refused
+        before anything is written (a staged folder's subfolders are checked at its commit)."""
+        paths = [folder / name for name in names]
+        for path in paths:
+            if path.is_symlink() or (path.exists() and not path.is_dir()):
+                raise _in_the_way(path, wanted_folder=True)
+        for path in paths:
+            try:
+                path.mkdir(exist_ok=True)
+            except OSError as exc:
+                raise write_error(path, exc) from None
+        return paths
 
     def _guard(self, path: Path, is_folder: bool, inputs: list[Path] | None = None) -> None:
         real = real_path(path)
@@ -337,8 +396,10 @@ class Outputs:
     def _stage(self, final: Path) -> Path:
         self._make_parents(final)
         try:
+            # beside the folder a link given as the output leads to: on its file system,
+            # where the commit's renames work
             stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial",
-                                          dir=final.absolute().parent))
+                                          dir=real_path(final).parent))
         except OSError as exc:
             raise write_error(final, exc) from None
         os.chmod(stage, 0o777 & ~_UMASK)  # mkdtemp makes 0700 folders
@@ -350,24 +411,61 @@ class Outputs:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  trace: TracebackType | None) -> None:
         if error is None:
-            self._commit()
+            try:
+                self._commit()
+            except BaseException as failure:  # the commit undid its moves; drop the stages
+                self._roll_back()
+                raise self._named(failure) from None
+            self._unlock()
             return
         self._roll_back()
-        if isinstance(error, NervesegError):
-            message = str(error)
-            for staged in self._staged:  # name the output, not its hidden stage
-                message = message.replace(str(staged.stage), str(staged.final))
-            if message != str(error):
-                raise NervesegError(message) from None
+        named = self._named(error)
+        if named is not error:
+            raise named from None
+
+    def _named(self, error: BaseException) -> BaseException:
+        """``error`` naming each output rather than its hidden stage."""
+        if not isinstance(error, NervesegError):
+            return error
+        message = str(error)
+        for staged in self._staged:
+            message = message.replace(str(staged.stage), str(staged.final))
+        return error if message == str(error) else NervesegError(message)
 
     def _commit(self) -> None:
-        for staged in self._staged:
-            if not staged.is_folder:
-                os.replace(staged.stage, staged.final)
-            elif not staged.final.exists():
-                os.rename(staged.stage, staged.final)
-            else:
-                _merge_into(staged.stage, staged.final)
+        """Put every staged output in place, all or nothing: every move is planned and checked
+        before the first is made, what a move replaces waits in a hidden folder until all are
+        made, and a move that fails undoes the ones before it."""
+        plans = [(staged, _plan(staged)) for staged in self._staged]  # may refuse: none moved
+        done: list[_Move] = []
+        backups: list[Path] = []
+        try:
+            for staged, moves in plans:
+                backup = None
+                for index, move in enumerate(moves):
+                    done.append(move)
+                    if os.path.lexists(move.target):  # a file, or a link (never followed)
+                        if backup is None:
+                            backup = _hidden_folder(staged, ".old.partial")
+                            backups.append(backup)
+                        move.backup = backup / str(index)
+                        os.rename(move.target, move.backup)
+                    os.rename(move.source, move.target)
+        except BaseException as exc:
+            _undo(done, backups)
+            if isinstance(exc, OSError):
+                raise write_error(done[-1].target, exc) from None
+            raise
+        for folder in backups:
+            shutil.rmtree(folder, ignore_errors=True)
+        for staged in self._staged:  # what is left of a merged stage: its emptied folders
+            if staged.is_folder and staged.stage.is_dir():
+                shutil.rmtree(staged.stage, ignore_errors=True)
+
+    def _unlock(self) -> None:
+        """Give up the locks of the in-place folders (their files go with them)."""
+        while self._locks:
+            self._locks.pop().release()
 
     def _roll_back(self) -> None:
         for staged in self._staged:
@@ -378,26 +476,89 @@ class Outputs:
         for place in self._in_place:
             if not place.path.is_dir():
                 continue
-            added = {p.name for p in place.path.iterdir()} - place.before
+            added = {p.name for p in place.path.iterdir()  # lock files are their holders'
+                     if not is_lock_file(p.name)} - place.before
             if added and place.resumable(added):
                 continue
             for name in added:
                 target = place.path / name
-                shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target)
+                else:
+                    target.unlink(missing_ok=True)
+        self._unlock()  # after removing what it added, before removing the folders it made
         for folder in reversed(self._made):  # children before parents
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
 
 
-def _merge_into(stage: Path, final: Path) -> None:
-    """Move every entry of ``stage`` into the existing folder ``final`` (files of the same name
-    are replaced, others left alone), then remove ``stage``."""
-    for entry in stage.iterdir():
+@dataclass
+class _Move:
+    """One rename of a commit: ``source`` (staged) to ``target`` (named as the user named the
+    output); what sat at ``target`` waits in ``backup`` until the commit is done."""
+
+    source: Path
+    target: Path
+    backup: Path | None = None
+
+
+def _plan(staged: _Staged) -> list[_Move]:
+    """The renames that put one staged output in place, every target checked."""
+    if staged.is_folder and staged.final.is_dir():  # a link given as the output is followed
+        return _plan_merge(staged.stage, staged.final)
+    _check_place(staged.stage, staged.final)
+    return [_Move(staged.stage, staged.final)]
+
+
+def _plan_merge(stage: Path, final: Path) -> list[_Move]:
+    """Merge ``stage`` into the existing folder ``final``: folders into folders, files (and
+    folders new to ``final``) by rename; other entries of ``final`` are left alone."""
+    if not os.access(final, os.W_OK | os.X_OK):
+        raise write_error(final, PermissionError(errno.EACCES, os.strerror(errno.EACCES)))
+    moves = []
+    for entry in sorted(stage.iterdir()):
         target = final / entry.name
-        if entry.is_dir() and target.is_dir():
-            _merge_into(entry, target)
+        if entry.is_dir() and target.is_dir() and not target.is_symlink():
+            moves += _plan_merge(entry, target)
         else:
-            if target.is_dir():
-                shutil.rmtree(target)
-            os.replace(entry, target)
-    stage.rmdir()
+            _check_place(entry, target)
+            moves.append(_Move(entry, target))
+    return moves
+
+
+def _check_place(entry: Path, target: Path) -> None:
+    """Refuse to put a folder where a file is, or a file where a folder is. --overwrite
+    replaces an output's files, but no nerveseg command writes a file where it puts a folder
+    (a class folder) or the reverse, so such an entry is the user's: replacing it would
+    destroy what they did not ask to lose. A link is replaced itself, never followed."""
+    if target.is_symlink() or not os.path.lexists(target) or entry.is_dir() == target.is_dir():
+        return
+    raise _in_the_way(target, wanted_folder=entry.is_dir())
+
+
+def _in_the_way(path: Path, wanted_folder: bool) -> NervesegError:
+    there, wanted = ("a file", "a folder") if wanted_folder else ("a folder", "a file")
+    return NervesegError(f"{path}: {there} is where the output puts {wanted}; nothing was "
+                         "written (remove it or choose another output)")
+
+
+def _hidden_folder(staged: _Staged, suffix: str) -> Path:
+    """A new hidden folder beside ``staged``'s stage (so on its file system)."""
+    return Path(tempfile.mkdtemp(prefix=f".{staged.final.name}.", suffix=suffix,
+                                 dir=staged.stage.parent))
+
+
+def _undo(done: list[_Move], backups: list[Path]) -> None:
+    """Undo a commit's renames, last first (best effort: an entry it cannot put back stays
+    in its hidden backup folder)."""
+    for move in reversed(done):
+        try:
+            if not os.path.lexists(move.source) and os.path.lexists(move.target):
+                os.rename(move.target, move.source)
+            if move.backup is not None and os.path.lexists(move.backup):
+                os.rename(move.backup, move.target)
+        except OSError:
+            continue
+    for folder in backups:
+        with suppress(OSError):
+            folder.rmdir()  # only when empty: else it holds what could not be put back

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nerveseg_cli.errors import NervesegError, brief, suggest
+from nerveseg_cli.errors import NervesegError, brief, require_file, suggest
 from nerveseg_cli.records import DictRecord
 
 
@@ -290,6 +290,8 @@ def load_encoder_weights(encoder: nn.Module, path: Path, in_channels: int) -> No
     ``encoder.`` and ``module.`` prefixes are stripped; a first convolution saved for 3 input
     channels is summed over them for a 1-channel model (as smp does for pretrained weights).
     """
+    if path.is_dir():
+        require_file(path, "an encoder weights file")
     if not path.is_file():
         raise NervesegError(f"{path}: encoder weights file not found")
     from nerveseg_cli.tensors import load_tensor_file

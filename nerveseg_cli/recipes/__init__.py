@@ -33,7 +33,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from nerveseg_cli.errors import NervesegError, brief, suggest
+from nerveseg_cli.errors import NervesegError, brief, require_file, suggest
 
 PREDICT_KEYS = ("tta", "tta_merge", "merge", "asme_base", "threshold", "min_area",
                 "presence_threshold", "crf")
@@ -123,6 +123,8 @@ def load_recipe(name: str, validate: bool = True) -> Recipe:
 def read_recipe_file(path: str | Path, validate: bool = True) -> Recipe:
     """A user's recipe file (``train --config FILE``); its name is its path."""
     path = Path(path)
+    if path.is_dir():
+        require_file(path, "a recipe file")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

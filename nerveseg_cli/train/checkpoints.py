@@ -15,10 +15,22 @@ import math
 import re
 from dataclasses import dataclass
 
-from nerveseg_cli.errors import NervesegError
+from nerveseg_cli.lists import parse_list
 
 _PART = re.compile(r"^(\d+(?:\.\d+)?)\s*([smh]?)$")
 _UNIT_SECONDS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+USAGE = "use N epochs, a time such as 10m (s, m, h), one of each as 5,10m, or end"
+
+
+def _save_part(text: str) -> tuple[str, float]:
+    """One item of ``--save-every``: (its kind, epochs or seconds); ValueError if neither."""
+    match = _PART.match(text)
+    if match is None or float(match.group(1)) <= 0 or \
+            (not match.group(2) and not match.group(1).isdigit()):
+        raise ValueError(text)
+    if match.group(2):
+        return "times", float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    return "epoch counts", int(match.group(1))
 
 
 @dataclass(frozen=True)
@@ -32,22 +44,16 @@ class SavePolicy:
     @classmethod
     def parse(cls, text: str) -> SavePolicy:
         """``N`` epochs, ``Nm`` minutes (``Ns``, ``Nh``), both joined by a comma (``5,10m``),
-        or ``end`` (only at the end and on a signal)."""
+        or ``end`` (only at the end and on a signal). Two epoch counts or two times
+        (``5,3``) contradict each other: refused, not resolved by keeping one."""
         text = str(text).strip().lower()
         if text == "end":
             return cls()
-        epochs, seconds = None, None
-        for part in text.split(","):
-            match = _PART.match(part.strip())
-            if match is None or float(match.group(1)) <= 0 or \
-                    (not match.group(2) and not match.group(1).isdigit()):
-                raise NervesegError(f"--save-every {text!r}: use N epochs, a time such as 10m "
-                                    "(s, m, h), both as 5,10m, or end")
-            if match.group(2):
-                seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-            else:
-                epochs = int(match.group(1))
-        return cls(epochs, seconds)
+        parts = parse_list(text, "--save-every", _save_part, what="N epochs or a time",
+                           kind=lambda part: part[0], usage=USAGE)
+        found = dict(parts)
+        epochs = found.get("epoch counts")
+        return cls(None if epochs is None else int(epochs), found.get("times"))
 
     def epoch_due(self, epochs_since_save: int, seconds_since_save: float) -> bool:
         """At the end of an epoch: whether to save now."""

@@ -37,6 +37,7 @@ from nerveseg_cli.device import (
 from nerveseg_cli.errors import NervesegError
 from nerveseg_cli.geometry import Geometry, normalise_input
 from nerveseg_cli.io.images import LabelMapReader, MaskReader, parse_size
+from nerveseg_cli.io.locks import lock_output
 from nerveseg_cli.io.outputs import Outputs, atomic_write_files, atomic_write_text
 from nerveseg_cli.io.parallel import prefetch
 from nerveseg_cli.models import build_model, count_parameters
@@ -44,9 +45,12 @@ from nerveseg_cli.postprocess import threshold_level
 from nerveseg_cli.runs import (
     BEST,
     LAST,
+    LOG,
     METRICS,
+    PLOT,
     STATE,
     RunConfig,
+    clear_run_files,
     load_weights,
     read_config,
     unwrap,
@@ -79,7 +83,7 @@ from nerveseg_cli.train.progress import (
 )
 from nerveseg_cli.train.schedule import lr_factor, make_optimizer, make_scheduler
 from nerveseg_cli.train.signals import StopRequest, TrainingInterrupted, stop_on_signals
-from nerveseg_cli.train.state import EpochProgress, Optimisation, TrainState
+from nerveseg_cli.train.state import EpochProgress, Optimisation, TrainState, saved_progress
 
 # Mean and std are estimated on about this many training images (every k-th one).
 NORMALISATION_SAMPLE = 256
@@ -108,6 +112,7 @@ class TrainResult:
     history: list[EpochRecord] = field(default_factory=list)
     parameters: int = 0
     stopped_early: bool = False
+    already_complete: bool = False  # resumed with nothing left to train: nothing ran
 
 
 def train(options: TrainOptions, out: str | Path, *, overwrite: bool = False,
@@ -121,6 +126,10 @@ def train(options: TrainOptions, out: str | Path, *, overwrite: bool = False,
     ``predict`` applies when not told otherwise. Raises
     :class:`~.signals.TrainingInterrupted` after saving when SIGTERM or Ctrl-C stopped it."""
     options.validate()
+    if resume:
+        finished = finished_run(Path(out), options)
+        if finished is not None:
+            return finished
     threads = torch.get_num_threads()
     dist = Distributed.from_env()
     try:
@@ -133,11 +142,41 @@ def train(options: TrainOptions, out: str | Path, *, overwrite: bool = False,
         dist.close()
 
 
+def make_loop(options: TrainOptions, model: torch.nn.Module, steps_per_epoch: int,
+              amp_dtype: torch.dtype | None) -> Optimisation:
+    """The optimizer, schedule, gradient scaler and batch-order generator of a run."""
+    optimizer = make_optimizer(options, model.parameters())
+    return Optimisation(optimizer, make_scheduler(options, optimizer, steps_per_epoch),
+                        torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16),
+                        torch.Generator().manual_seed(options.seed))
+
+
+def finished_run(out: Path, options: TrainOptions) -> TrainResult | None:
+    """The result of a run to resume that has nothing left to train (its epochs done, or
+    stopped by --patience), without reading the data; None when there is training left. The
+    options, state and weights are checked as for a resume (on the CPU: nothing trains)."""
+    check_run_folder(out, options, resume=True, overwrite=False)
+    with lock_output(out):  # nobody writes the run while it is read (one writer at a time)
+        progress = saved_progress(out / STATE)
+        validated = any(record.validated for record in progress.history)
+        early = bool(options.patience and validated
+                     and progress.epoch - progress.best_epoch >= options.patience)
+        if progress.progress is not None or (progress.epoch < options.epochs and not early):
+            return None
+        model = build_model(options.model_config())
+        TrainState.load(out / STATE, make_loop(options, model, 1, None))  # its own state
+        load_weights(model, out / LAST)  # and its own weights
+    return TrainResult(out, progress.best_epoch,
+                       progress.best_dice if validated else float("nan"), progress.history,
+                       count_parameters(model), early, already_complete=True)
+
+
 def check_run_folder(out: Path, options: TrainOptions, resume: bool,
                      overwrite: bool) -> RunConfig | None:
     """Refuse a run folder that cannot take this run; returns the saved config to resume."""
+    Outputs.preflight([options.manifest or None], folders=[out], overwrite=overwrite,
+                      resume=resume)
     if not resume:
-        Outputs.preflight([options.manifest or None], folders=[out], overwrite=overwrite)
         return None
     saved = read_config(out)
     wanted = options.to_dict()
@@ -217,6 +256,7 @@ class Trainer:
             outputs.resumable_folder(out, overwrite=overwrite, resume=resume,
                                      resumable=lambda added: STATE in added)
             if saved is None:
+                clear_run_files(out)  # a new run over an old one (--overwrite)
                 write_config(out, self.config)
         self._prepare_loop(amp_dtype)
         self.state = TrainState()
@@ -302,14 +342,10 @@ class Trainer:
         if options.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.parameters = count_parameters(self.model)
-        optimizer = make_optimizer(options, self.model.parameters())
         per_step = options.batch_size * self.dist.world
         batches_per_epoch = max(1, -(-len(self.train_set.ids) // per_step))
         steps_per_epoch = -(-batches_per_epoch // options.accumulate)
-        self.loop = Optimisation(
-            optimizer, make_scheduler(options, optimizer, steps_per_epoch),
-            torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16),
-            torch.Generator().manual_seed(options.seed))
+        self.loop = make_loop(options, self.model, steps_per_epoch, amp_dtype)
 
     def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         """The module the training pass calls: under DDP (told whether parameters go without
@@ -339,7 +375,7 @@ class Trainer:
             stopped_early = self._run_epochs()
             if self.dist.main:
                 self.save()  # the end of a run always saves (a no-op when nothing is new)
-                plot_metrics(state.history, self.out / "metrics.png")
+                plot_metrics(state.history, self.out / PLOT)
         best = state.best_dice if self.val_set is not None else float("nan")
         return TrainResult(self.out, state.best_epoch, best, state.history, self.parameters,
                            stopped_early)
@@ -579,7 +615,7 @@ class Trainer:
             self._best = None  # the current weights, until they change
             self._best_pending = True
         atomic_write_text(self.out / METRICS, metrics_csv(self.state.history))
-        with open(self.out / "train.log", "a", encoding="utf-8") as log:
+        with open(self.out / LOG, "a", encoding="utf-8") as log:
             log.write(format_record(record, improved) + "\n")
         if self.policy.epoch_due(self._epochs_unsaved, time.monotonic() - self._saved_at):
             self.save()

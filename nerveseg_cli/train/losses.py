@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from nerveseg_cli.errors import NervesegError
+from nerveseg_cli.lists import parse_list
 
 SMOOTH = 1.0  # keeps Dice and Tversky defined on empty images: 1 - 1/(1 + predicted mass)
 
@@ -157,7 +158,8 @@ def make_loss(spec: str, weights: Sequence[float] | None = None, *, focal_alpha:
     """Combine losses named in ``spec`` ("bce+dice") with ``weights`` (default all 1), for the
     ``mode`` of the task (the loss options of ``nerveseg train``)."""
     table = _table(mode, focal_alpha, focal_gamma, tversky_alpha, tversky_beta)
-    names = [n.strip() for n in spec.split("+") if n.strip()]
+    names = parse_list(spec, "--loss", str, what="a loss", sep="+",
+                       usage=f"combine {', '.join(table)} with '+', each once")
     unknown = [n for n in names if n not in table]
     if "ce" in unknown and mode != "softmax":
         raise NervesegError(f"--loss {spec!r}: ce is the softmax cross-entropy of three classes "

@@ -4,6 +4,7 @@ and the log, CSV and plot made from the records."""
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,11 @@ class EpochRecord:
     seconds: float
     class_dice: dict[str, float] | None = None  # several classes: each one's validation Dice
 
+    @property
+    def validated(self) -> bool:
+        """Whether the epoch was validated (``--fold all`` is not: its val_* are NaN)."""
+        return not math.isnan(self.val_dice)
+
 
 class Reporter:
     """Progress callbacks of a run; the CLI prints them with rich, ``demo`` as its own lines.
@@ -38,26 +44,38 @@ class Reporter:
     def epoch_end(self, record: EpochRecord, best: bool) -> None: ...
 
 
+NO_VALIDATION = "no validation: model.safetensors holds the last epoch"
+
+
 def format_record(record: EpochRecord, best: bool) -> str:
-    """One log line per epoch."""
-    text = (f"epoch {record.epoch:3d}  lr {record.lr:.2e}  train loss {record.train_loss:.4f}  "
-            f"val loss {record.val_loss:.4f}  val dice {record.val_dice:.4f}")
+    """One log line per epoch, with the figures the epoch has: without validation (``--fold
+    all``) no validation figures and no best, but what model.safetensors then holds."""
+    text = f"epoch {record.epoch:3d}  lr {record.lr:.2e}  train loss {record.train_loss:.4f}"
+    if not record.validated:
+        return text + f"  {record.seconds:.1f}s  ({NO_VALIDATION})"
+    text += f"  val loss {record.val_loss:.4f}  val dice {record.val_dice:.4f}"
     if record.class_dice:
         text += " (" + ", ".join(f"{k} {v:.4f}" for k, v in record.class_dice.items()) + ")"
-    if record.val_presence_accuracy == record.val_presence_accuracy:
+    if not math.isnan(record.val_presence_accuracy):
         text += f"  presence acc {record.val_presence_accuracy:.3f}"
     return text + f"  {record.seconds:.1f}s" + ("  *best" if best else "")
 
 
 def metrics_csv(history: list[EpochRecord]) -> str:
-    """metrics.csv: one row per epoch; several classes add a ``dice_NAME`` column each."""
+    """metrics.csv: one row per epoch; several classes add a ``dice_NAME`` column each. A
+    figure the epoch does not have (no validation, no presence head) is an empty cell."""
     names = list(history[0].class_dice or {}) if history else []
     lines = [",".join([*METRICS_COLUMNS, *(f"dice_{n}" for n in names)])]
     for r in history:
-        extra = "".join(f",{(r.class_dice or {}).get(n, float('nan')):.6f}" for n in names)
-        lines.append(f"{r.epoch},{r.lr:.6g},{r.train_loss:.6f},{r.val_loss:.6f},"
-                     f"{r.val_dice:.6f},{r.val_presence_accuracy:.6f},{r.seconds:.3f}{extra}")
+        cells = [str(r.epoch), f"{r.lr:.6g}", _cell(r.train_loss), _cell(r.val_loss),
+                 _cell(r.val_dice), _cell(r.val_presence_accuracy), f"{r.seconds:.3f}",
+                 *(_cell((r.class_dice or {}).get(n, math.nan)) for n in names)]
+        lines.append(",".join(cells))
     return "\n".join(lines) + "\n"
+
+
+def _cell(value: float) -> str:
+    return "" if math.isnan(value) else f"{value:.6f}"
 
 
 def plot_metrics(history: list[EpochRecord], path: Path) -> None:

@@ -101,10 +101,47 @@ class TrainState:
             history = [EpochRecord(**row) for row in json.loads(data["history"])]
             progress = EpochProgress.from_dict(data[PROGRESS_KEY]) \
                 if PROGRESS_KEY in data else None
-            return cls(int(data["epoch"]), float(data["best_dice"]), int(data["best_epoch"]),
-                       history, progress)
+            state = cls(int(data["epoch"]), float(data["best_dice"]), int(data["best_epoch"]),
+                        history, progress)
         except (ValueError, TypeError, KeyError, RuntimeError, AttributeError) as exc:
             raise NervesegError(f"{path}: not the state of this run ({brief(exc)})") from None
+        _check_optimizer_shapes(loop.optimizer, path)
+        epochs = [record.epoch for record in state.history]
+        if epochs != list(range(1, state.epoch + 1)):
+            raise NervesegError(f"{path}: not the state of this run (epoch {state.epoch} but "
+                                f"its history holds epochs {_span(epochs)})")
+        return state
+
+
+def _check_optimizer_shapes(optimizer: torch.optim.Optimizer, path: Path) -> None:
+    """The optimizer's saved moments have the shapes of the parameters they belong to: torch
+    loads another network's of as many parameters without a word, and the first step fails."""
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            for name, value in optimizer.state.get(parameter, {}).items():
+                if isinstance(value, torch.Tensor) and value.dim() and \
+                        value.shape != parameter.shape:
+                    raise NervesegError(
+                        f"{path}: not the state of this run (its optimizer's {name} has shape "
+                        f"{list(value.shape)} for a parameter of shape {list(parameter.shape)})")
+
+
+def _span(epochs: list[int]) -> str:
+    return "none" if not epochs else ", ".join(map(str, epochs[:5])) + \
+        (" ..." if len(epochs) > 5 else "")
+
+
+def saved_progress(path: Path) -> TrainState:
+    """Where a saved run stands (epochs, best, history, an epoch in progress), without the
+    objects of its loop: for deciding whether anything is left to train."""
+    data = _read(path)
+    try:
+        history = [EpochRecord(**row) for row in json.loads(data["history"])]
+        progress = EpochProgress.from_dict(data[PROGRESS_KEY]) if PROGRESS_KEY in data else None
+        return TrainState(int(data["epoch"]), float(data["best_dice"]), int(data["best_epoch"]),
+                          history, progress)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise NervesegError(f"{path}: not the state of this run ({brief(exc)})") from None
 
 
 def _read(path: Path) -> dict[str, Any]:

@@ -441,10 +441,24 @@ def predict(runs: Sequence[str | Path], images: str | Path, out: str | Path,
         _predict_groups(predictor, groups, writer, presence, progress)
         for name, folder in folders.items():
             if presence[name]:
-                write_presence(folder / PRESENCE_CSV, presence[name])
+                _write_presence(folder, presence[name], shared=n > 1)
     flat = presence[""] if "" in presence else next(iter(presence.values()), {})
     return PredictResult(len(todo), len(samples) - len(todo), time.perf_counter() - started,
                          flat)
+
+
+def _write_presence(folder: Path, presence: dict[str, float], shared: bool) -> None:
+    """``presence.csv``; ``shared`` (--part writers of one folder): merged, under the folder's
+    lock, with the rows the other parts wrote, which would be lost otherwise."""
+    from nerveseg_cli.io.locks import folder_section
+
+    if not shared:
+        write_presence(folder / PRESENCE_CSV, presence)
+        return
+    with folder_section(folder):
+        path = folder / PRESENCE_CSV
+        others = read_presence(path) if path.is_file() else {}
+        write_presence(path, {**others, **presence})
 
 
 def _class_folders(outputs: Outputs, out: Path, classes: Classes | None,

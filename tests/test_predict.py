@@ -235,3 +235,33 @@ def test_out_of_fold_rows_left_out_of_every_fold_get_all_runs(trained: dict[str,
     first = samples[0].id
     np.testing.assert_array_equal(read_image(oof / f"{first}.png"),
                                   read_image(both / f"{first}.png"))
+
+
+def test_part_writers_keep_every_presence_row(trained: dict[str, Path], tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A --part writer merges its presence rows, at its end and under the folder's lock, with
+    those another part wrote meanwhile, instead of replacing the file with its own share."""
+    import pandas as pd
+
+    from nerveseg_cli import predict as predict_module
+    from nerveseg_cli.probmaps import read_presence, write_presence
+
+    whole = tmp_path / "whole"
+    assert run_cli("predict", trained["pad"], trained["test"], "--out", whole, "--device",
+                   "cpu").exit_code == 0
+    everything = read_presence(whole / "presence.csv")
+    out = tmp_path / "parts"
+    run_groups = predict_module._predict_groups
+
+    def other_part_finishes_meanwhile(*args: object, **kwargs: object) -> None:
+        run_groups(*args, **kwargs)
+        write_presence(out / "presence.csv", {k: v for k, v in everything.items()
+                                              if int(k) % 2 == 0})  # part 2/2's rows
+
+    monkeypatch.setattr(predict_module, "_predict_groups", other_part_finishes_meanwhile)
+    result = run_cli("predict", trained["pad"], trained["test"], "--out", out, "--part", "1/2",
+                     "--resume", "--device", "cpu")
+    assert result.exit_code == 0, result.stderr
+    rows = pd.read_csv(out / "presence.csv", dtype={"id": str})
+    assert rows["id"].tolist() == list(everything)  # every image, in id order
+    assert rows["presence"].tolist() == pytest.approx(list(everything.values()))

@@ -27,6 +27,8 @@ import shlex
 import socket
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -107,6 +109,22 @@ def lock_output(folder: str | Path, share: tuple[int, int] | None = None) -> Out
         lock.release()
         raise
     return lock
+
+
+@contextmanager
+def folder_section(folder: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on the folder itself (an flock on its directory, no file made)
+    for a short read-modify-write of a file that several writers of the folder share (the
+    ``presence.csv`` of ``predict --part`` writers); waits for another holder."""
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def try_lock(path: str | Path) -> OutputLock | None:

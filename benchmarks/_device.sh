@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by device_cuda.sh and device_multiclass.sh: the wheels a device call carries, and
 # their install there. Not a script of its own.
 #

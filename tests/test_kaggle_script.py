@@ -5,13 +5,14 @@ refused step, OVERWRITE) with a recording stand-in for ``nerveseg``."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from tests.conftest import shellcheck
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "examples" / "kaggle.sh"
@@ -140,7 +141,6 @@ def test_missing_data_is_one_clear_error(tmp_path: Path) -> None:
     assert done.returncode == 2 and "nowhere/train not found" in done.stderr
 
 
-@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
 def test_shellcheck_clean() -> None:
-    done = subprocess.run(["shellcheck", str(SCRIPT)], capture_output=True, text=True)
+    done = subprocess.run([shellcheck(), str(SCRIPT)], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout

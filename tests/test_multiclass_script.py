@@ -3,7 +3,6 @@ user would run it."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from tests.conftest import shellcheck
 from tests.test_kaggle_script import REPO, run_script
 
 SCRIPT = REPO / "examples" / "multiclass.sh"
@@ -67,7 +67,6 @@ def test_missing_data_is_one_clear_error(tmp_path: Path) -> None:
     assert done.returncode == 2 and "nowhere is not a folder" in done.stderr
 
 
-@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
 def test_shellcheck_clean() -> None:
-    done = subprocess.run(["shellcheck", str(SCRIPT)], capture_output=True, text=True)
+    done = subprocess.run([shellcheck(), str(SCRIPT)], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout

@@ -21,6 +21,9 @@ from nerveseg_cli.train.progress import EpochRecord, Reporter
 from tests.conftest import assert_one_line_error, run_cli, synth_with_folds
 
 TINY = ["--epochs", "2", "--batch-size", "4", "--device", "cpu", "--workers", "2"]
+# The smallest network, for what does not depend on the architecture (saving, resuming,
+# scoring); the default one (unet, resnet34) trains where it does, and in the resume tests.
+SMALL = {"arch": "unet-plain", "width": 2}
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +85,7 @@ def test_validation_dice_is_the_score_metric(manifest: Path, tmp_path: Path) -> 
     from nerveseg_cli.train.data import select_folds
 
     result = train(TrainOptions(manifest=str(manifest), fold="0", epochs=2, batch_size=4,
-                                device="cpu", workers=2), tmp_path / "run")
+                                device="cpu", workers=2, **SMALL), tmp_path / "run")
     config, model = load_run(tmp_path / "run")
     scores = []
     for sample in select_folds(manifest, "0").val:
@@ -122,11 +125,23 @@ def test_architectures_losses_and_options(manifest: Path, tmp_path: Path,
     assert config["training"]["loss"] == options[options.index("--loss") + 1]
 
 
-def test_resume_after_interruption_equals_uninterrupted(manifest: Path, tmp_path: Path) -> None:
-    options = TrainOptions(manifest=str(manifest), fold="1", epochs=3, batch_size=4,
+@pytest.fixture(scope="module")
+def straight(manifest: Path, tmp_path_factory: pytest.TempPathFactory
+             ) -> tuple[TrainOptions, Path]:
+    """A deterministic run (augmented, with a presence head) straight through: what the runs
+    interrupted and resumed below must equal, to the bit. Fold 0 validates, so 16 training
+    images: 8 steps an epoch at batch 2."""
+    options = TrainOptions(manifest=str(manifest), fold="0", epochs=3, batch_size=2,
                            device="cpu", workers=1, deterministic=True, presence_head=True,
-                           rotate="10:0.5", noise="0.05:0.5", seed=5)
-    train(options, tmp_path / "straight")
+                           rotate="10:0.5", noise="0.05:0.5", seed=2)
+    out = tmp_path_factory.mktemp("straight") / "run"
+    train(options, out)
+    return options, out
+
+
+def test_resume_after_interruption_equals_uninterrupted(
+        straight: tuple[TrainOptions, Path], tmp_path: Path) -> None:
+    options, straight_run = straight
 
     class Crash(Exception):
         pass
@@ -140,18 +155,19 @@ def test_resume_after_interruption_equals_uninterrupted(manifest: Path, tmp_path
         train(options, tmp_path / "resumed", reporter=CrashAfterFirst())
     train(options, tmp_path / "resumed", resume=True)
     for name in ("last.safetensors", "model.safetensors"):
-        a = load_file(str(tmp_path / "straight" / name))
+        a = load_file(str(straight_run / name))
         b = load_file(str(tmp_path / "resumed" / name))
         assert a.keys() == b.keys()
         for key in a:
             assert torch.equal(a[key], b[key]), (name, key)
-    assert (tmp_path / "straight" / "metrics.csv").read_text().count("\n") == \
+    assert (straight_run / "metrics.csv").read_text().count("\n") == \
         (tmp_path / "resumed" / "metrics.csv").read_text().count("\n") == 4
 
 
 def test_resume_cli_takes_options_from_the_run(manifest: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    assert run_cli("train", manifest, "--out", run, *TINY, "--lr", "0.003").exit_code == 0
+    assert run_cli("train", manifest, "--out", run, *TINY, "--lr", "0.003", "--arch",
+                   SMALL["arch"], "--width", str(SMALL["width"])).exit_code == 0
     assert_one_line_error(run_cli("train", "--resume", run, "--lr", "0.01"),
                           "cannot resume with different options", "lr")
     result = run_cli("train", "--resume", run, "--workers", "1")
@@ -159,11 +175,15 @@ def test_resume_cli_takes_options_from_the_run(manifest: Path, tmp_path: Path) -
 
 
 def test_two_process_ddp_on_gloo(manifest: Path, tmp_path: Path) -> None:
+    """The real command line under torchrun: the CLI joins the process group itself and one
+    process writes the run. Every architecture family under DDP, the data each process sees
+    and a signal to one process: tests/test_distributed.py (one launch, the library)."""
     run = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          "-m", "nerveseg_cli", "train", str(manifest), "--out", str(run), "--fold", "0",
+         "--arch", "unet-plain", "--width", "2",
          "--epochs", "2", "--batch-size", "2", "--device", "cpu", "--workers", "1", "--json"],
         capture_output=True, text=True, env=env, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -223,18 +243,12 @@ def test_encoder_weights_offline_and_local_files(manifest: Path, tmp_path: Path,
                                   "--encoder-weights", bad, *TINY), "keys do not fit the encoder")
 
 
-def _straight_and_stopped(manifest: Path, tmp_path: Path, stop_at_step: int
-                          ) -> tuple[TrainOptions, Path, Path]:
-    """A deterministic run straight through, and the same run sent SIGTERM (to this process)
-    after its ``stop_at_step``-th step in all."""
+def _stopped(options: TrainOptions, tmp_path: Path, stop_at_step: int) -> Path:
+    """The run of ``options`` sent SIGTERM (to this process) after its ``stop_at_step``-th
+    step in all."""
     import signal
 
     from nerveseg_cli.train.signals import TrainingInterrupted
-
-    options = TrainOptions(manifest=str(manifest), fold="0", epochs=3, batch_size=2,
-                           device="cpu", workers=1, deterministic=True, rotate="10:0.5",
-                           noise="0.05:0.5", seed=2)
-    train(options, tmp_path / "straight")
 
     class SignalAtStep(Reporter):
         steps = 0
@@ -247,15 +261,16 @@ def _straight_and_stopped(manifest: Path, tmp_path: Path, stop_at_step: int
     with pytest.raises(TrainingInterrupted) as stopped:
         train(options, tmp_path / "stopped", reporter=SignalAtStep())
     assert stopped.value.exit_code == 143 and "SIGTERM in epoch" in str(stopped.value)
-    return options, tmp_path / "straight", tmp_path / "stopped"
+    return tmp_path / "stopped"
 
 
-def test_sigterm_mid_epoch_then_resume_equals_a_straight_run(manifest: Path,
-                                                            tmp_path: Path) -> None:
+def test_sigterm_mid_epoch_then_resume_equals_a_straight_run(
+        straight: tuple[TrainOptions, Path], tmp_path: Path) -> None:
     """The state saved in the middle of an epoch (its batches, the step, the loss so far)
     lets --resume finish that epoch as if nothing had happened."""
     per_epoch = 8  # 16 training images (subjects 1 and 3) at batch 2
-    options, straight, stopped = _straight_and_stopped(manifest, tmp_path, per_epoch + 2)
+    options, straight = straight
+    stopped = _stopped(options, tmp_path, per_epoch + 2)
     data = torch.load(stopped / "state.pt", weights_only=True)
     assert data["epoch"] == 1 and data["progress"]["step"] == 2
     assert data["progress"]["sizes"].tolist() == [2] * per_epoch
@@ -291,7 +306,7 @@ def test_save_every_decides_how_often_the_checkpoint_is_written(
         expected: int) -> None:
     saves = _count_saves(monkeypatch)
     result = train(TrainOptions(manifest=str(manifest), fold="0", epochs=3, batch_size=4,
-                                device="cpu", workers=1, save_every=save_every),
+                                device="cpu", workers=1, save_every=save_every, **SMALL),
                    tmp_path / "run")
     assert len(saves) == expected, saves
     assert all({"last.safetensors", "state.pt"} <= set(names) for names in saves)
@@ -308,7 +323,8 @@ def test_best_weights_kept_in_memory_are_the_best_epochs(manifest: Path, tmp_pat
     """Saved once at the end, model.safetensors holds the best epoch's weights, not the last
     ones: the same as a run that saved every epoch."""
     options = TrainOptions(manifest=str(manifest), fold="0", epochs=4, batch_size=4,
-                           device="cpu", workers=1, deterministic=True, lr=0.05, seed=1)
+                           device="cpu", workers=1, deterministic=True, lr=0.05, seed=1,
+                           **SMALL)
     every = train(TrainOptions.from_dict({**options.to_dict(), "save_every": "1"}),
                   tmp_path / "every")
     once = train(options, tmp_path / "once")
@@ -330,7 +346,7 @@ def test_a_time_policy_saves_inside_long_epochs(manifest: Path, tmp_path: Path,
     saves = _count_saves(monkeypatch)
     monkeypatch.setattr(checkpoints.SavePolicy, "time_due", lambda self, seconds: True)
     train(TrainOptions(manifest=str(manifest), fold="0", epochs=2, batch_size=4, device="cpu",
-                       workers=1, save_every="1s"), tmp_path / "run")
+                       workers=1, save_every="1s", **SMALL), tmp_path / "run")
     steps = 4  # 16 training images at batch 4
     assert len(saves) == 2 * (steps - 1) + 2
     data = torch.load(tmp_path / "run" / "state.pt", weights_only=True)

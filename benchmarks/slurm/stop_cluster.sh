@@ -37,7 +37,7 @@ stop() {
 if pid_of slurmctld >/dev/null && command -v squeue >/dev/null; then
     jobs=$(squeue -h -o %A 2>/dev/null || true)
     if [[ -n $jobs ]]; then
-        say "cancelling jobs: $(echo $jobs)"
+        say "cancelling jobs: ${jobs//$'\n'/ }"
         # shellcheck disable=SC2086
         scancel $jobs 2>/dev/null || true
         for _ in $(seq 100); do [[ -z $(squeue -h -o %A 2>/dev/null) ]] && break; sleep 0.1; done

@@ -2,11 +2,12 @@
 
 Every architecture is registered under a name with a builder ``(ModelConfig) -> nn.Module``
 and an :class:`ArchSpec` saying which options it takes. All segmentation_models_pytorch
-architectures are registered here; the custom ones (docs/models.md) live one family per module
-(``unet_plain``, ``attention``, ``r2unet``, ``inception``, ``fcn``, ``ragcm``) and register
-themselves through :func:`register` when first needed. Every model returned by
-:func:`build_model` is a :class:`SegmentationNet`: ``forward(x)`` gives
-``(mask_logits, presence_logits or None)``.
+architectures are registered here, when a name the custom ones do not hold is first asked for
+(importing smp, timm and torchvision takes seconds that a custom network does not need); the
+custom ones (docs/models.md) live one family per module (``unet_plain``, ``attention``,
+``r2unet``, ``inception``, ``fcn``, ``ragcm``) and register themselves through :func:`register`
+when first needed. Every model returned by :func:`build_model` is a :class:`SegmentationNet`:
+``forward(x)`` gives ``(mask_logits, presence_logits or None)``.
 
 Seed numbers ("seed 003") refer to the papers listed in docs/models.md, "The seed papers".
 """
@@ -122,10 +123,22 @@ def register(name: str, *, options: Iterable[str] = (), encoder: bool = False,
     return decorate
 
 
-def _register_all() -> None:
-    _register_smp()
+def _register_custom() -> None:
     for module in CUSTOM_MODULES:
         importlib.import_module(f"nerveseg_cli.models.{module}")
+
+
+def _register_all() -> None:
+    _register_custom()
+    _register_smp()
+
+
+def _register_for(arch: str) -> None:
+    """Register what ``arch`` needs: the custom architectures (torch only), and smp's (seconds
+    of imports: smp, timm, torchvision) only for a name they do not hold."""
+    _register_custom()
+    if arch not in _REGISTRY:
+        _register_smp()
 
 
 def architectures() -> list[str]:
@@ -135,7 +148,7 @@ def architectures() -> list[str]:
 
 def arch_spec(arch: str) -> ArchSpec:
     """The spec of a registered architecture; unknown names are a one-line error."""
-    _register_all()
+    _register_for(arch)
     spec = _SPECS.get(arch)
     if spec is None:
         raise NervesegError(f"unknown architecture {arch!r}" + suggest(arch, architectures())
@@ -157,10 +170,12 @@ def check_model_config(config: ModelConfig) -> None:
         if key not in EXTRA_OPTIONS:
             raise NervesegError(f"unknown model option {key!r} for {config.arch}")
         if value is not None and key not in spec.options:
+            _register_all()  # the message names every architecture that takes it
             takers = sorted(name for name, s in _SPECS.items() if key in s.options)
             raise NervesegError(f"{option_flag(key, value)} does not apply to --arch "
                                 f"{config.arch} (it works with: {', '.join(takers)})")
     if config.decoder_attention and not spec.decoder_attention:
+        _register_all()
         supported = ", ".join(sorted(n for n, s in _SPECS.items() if s.decoder_attention))
         raise NervesegError(f"--decoder-attention {config.decoder_attention} does not apply "
                             f"to --arch {config.arch} (it works with: {supported})")
@@ -341,7 +356,7 @@ def offline_weights_error(name: str, exc: BaseException) -> NervesegError:
 
 def build_model(config: ModelConfig) -> SegmentationNet:
     """Build the network a config describes (registered architectures only)."""
-    check_model_config(config)  # also registers everything and rejects unknown names
+    check_model_config(config)  # also registers the architecture and rejects unknown names
     return _REGISTRY[config.arch](config)
 
 

@@ -10,6 +10,7 @@ validation pass, the metrics, and the checkpoint (weights and :class:`~.state.Tr
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 from collections.abc import Callable
@@ -156,7 +157,10 @@ def finished_run(out: Path, options: TrainOptions) -> TrainResult | None:
     stopped by --patience), without reading the data; None when there is training left. The
     options, state and weights are checked as for a resume (on the CPU: nothing trains)."""
     check_run_folder(out, options, resume=True, overwrite=False)
-    with lock_output(out):  # nobody writes the run while it is read (one writer at a time)
+    # nobody writes the run while it is read (one writer at a time); under torchrun the main
+    # process locks it for all (the others would be refused by its lock)
+    main = Distributed.from_env().main
+    with lock_output(out) if main else contextlib.nullcontext():
         progress = saved_progress(out / STATE)
         validated = any(record.validated for record in progress.history)
         early = bool(options.patience and validated

@@ -23,6 +23,7 @@ from nerveseg_cli.kaggle_csv import (
     read_rle_csv,
     table_classes,
 )
+from nerveseg_cli.names import reserved_as
 from nerveseg_cli.rle import rle_encode, runs_to_mask
 
 FAST = settings(max_examples=60, deadline=None,
@@ -52,8 +53,11 @@ def read_masks(path: Path, size: tuple[int, int], classes: Classes | None
 @st.composite
 def class_sets(draw: st.DrawFn) -> tuple[Classes, int, int, dict[str, list[np.ndarray]]]:
     """Classes, a size, and per image one mask per foreground class (classes may overlap)."""
-    names = draw(st.lists(NAME.filter(lambda n: n != "background"), min_size=1, max_size=4,
-                          unique=True))
+    # distinct ignoring case and none reserved, as Classes requires (one folder each beside
+    # the files of an output, on any file system)
+    names = draw(st.lists(NAME.filter(lambda n: n.casefold() != "background"
+                                      and reserved_as(n) is None),
+                          min_size=1, max_size=4, unique_by=str.casefold))
     classes = Classes(("background", *names))
     height, width = draw(st.integers(1, 8)), draw(st.integers(1, 8))
     ids = draw(st.lists(IMAGE_ID, min_size=1, max_size=3, unique=True))

@@ -257,3 +257,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             name = key.removeprefix("tests/").replace("::", "-")  # no "::", "[" nor "@"
             for item in units[key]:
                 _join_group(item, name)
+
+
+class Crash(Exception):
+    """What :func:`crash_after_first_epoch`'s reporter raises: a process dying after a save."""
+
+
+def crash_after_first_epoch():
+    """A train reporter that raises :class:`Crash` at the end of epoch 1 (the run is saved
+    there, resumable), as a crash would."""
+    from nerveseg_cli.train.progress import EpochRecord, Reporter
+
+    class CrashAfterFirstEpoch(Reporter):
+        def epoch_end(self, record: EpochRecord, best: bool) -> None:
+            if record.epoch == 1:
+                raise Crash
+
+    return CrashAfterFirstEpoch()

@@ -11,8 +11,13 @@ import torch
 from safetensors.torch import load_file
 
 from nerveseg_cli.train import TrainOptions, train
-from nerveseg_cli.train.progress import EpochRecord, Reporter
-from tests.conftest import assert_one_line_error, run_cli, synth_with_folds
+from tests.conftest import (
+    Crash,
+    assert_one_line_error,
+    crash_after_first_epoch,
+    run_cli,
+    synth_with_folds,
+)
 
 TINY = ["--arch", "unet-plain", "--width", "2", "--epochs", "3", "--batch-size", "4",
         "--device", "cpu", "--workers", "1", "--deterministic", "--seed", "3"]
@@ -45,19 +50,11 @@ def test_continues_an_interrupted_run_to_the_uninterrupted_weights(manifest: Pat
                                                                    tmp_path: Path) -> None:
     assert again(manifest, tmp_path / "straight").exit_code == 0
 
-    class Crash(Exception):
-        pass
-
-    class CrashAfterFirst(Reporter):
-        def epoch_end(self, record: EpochRecord, best: bool) -> None:
-            if record.epoch == 1:
-                raise Crash
-
     options = TrainOptions(manifest=str(manifest), fold="0", arch="unet-plain", width=2,
                            epochs=3, batch_size=4, device="cpu", workers=1,
                            deterministic=True, seed=3)
     with pytest.raises(Crash):
-        train(options, tmp_path / "stopped", reporter=CrashAfterFirst())
+        train(options, tmp_path / "stopped", reporter=crash_after_first_epoch())
     result = again(manifest, tmp_path / "stopped")
     assert result.exit_code == 0, result.stderr
     assert "continuing the run from its last save" in result.stderr

@@ -17,8 +17,14 @@ from safetensors.torch import load_file
 from nerveseg_cli.io.datasets import discover_images, write_manifest
 from nerveseg_cli.runs import load_run, read_config
 from nerveseg_cli.train import TrainOptions, train
-from nerveseg_cli.train.progress import EpochRecord, Reporter
-from tests.conftest import assert_one_line_error, run_cli, synth_with_folds
+from nerveseg_cli.train.progress import Reporter
+from tests.conftest import (
+    Crash,
+    assert_one_line_error,
+    crash_after_first_epoch,
+    run_cli,
+    synth_with_folds,
+)
 
 TINY = ["--epochs", "2", "--batch-size", "4", "--device", "cpu", "--workers", "2"]
 # The smallest network, for what does not depend on the architecture (saving, resuming,
@@ -143,16 +149,8 @@ def test_resume_after_interruption_equals_uninterrupted(
         straight: tuple[TrainOptions, Path], tmp_path: Path) -> None:
     options, straight_run = straight
 
-    class Crash(Exception):
-        pass
-
-    class CrashAfterFirst(Reporter):
-        def epoch_end(self, record: EpochRecord, best: bool) -> None:
-            if record.epoch == 1:
-                raise Crash
-
     with pytest.raises(Crash):
-        train(options, tmp_path / "resumed", reporter=CrashAfterFirst())
+        train(options, tmp_path / "resumed", reporter=crash_after_first_epoch())
     train(options, tmp_path / "resumed", resume=True)
     for name in ("last.safetensors", "model.safetensors"):
         a = load_file(str(straight_run / name))

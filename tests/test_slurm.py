@@ -55,6 +55,11 @@ SLURM_FLAGS = ["--executor", "slurm", "--jobs", "2", "--slurm-no-account",
                "--slurm-status-command", "squeue",
                "--slurm-init-seconds-before-status-checks", "1",
                "--slurm-keep-successful-logs"]
+# 8 waves of jobs. The plugin polls 1 s after a submission, then waits 10 s longer each time no
+# job has ended (11, 21, 31 s...): 12 s a wave here (jobs of 5-8 s, 108 s in all), but jobs of
+# 15 s on a loaded 2-core CI machine make each wave 33 s, and 20 s jobs 64 s. The limit is for a
+# hang, not a slow machine.
+SMOKE_TIMEOUT = 600
 SUBMITTED = re.compile(r"has been submitted with SLURM jobid (\d+)")
 TIMINGS: dict[str, float] = {}
 
@@ -105,12 +110,41 @@ def run_hard(args: list[str], cwd: Path, timeout: float) -> tuple[int, str, floa
         os.killpg(proc.pid, signal.SIGKILL)
         out, _ = proc.communicate()
         pytest.fail(f"{' '.join(args[:3])} ... did not finish within {timeout:.0f} s (hard "
-                    f"timeout); its last output:\n{out[-4000:]}")
+                    f"timeout).\nIts timeline:\n{timeline(out)}\nThe queue then: {queue_now()}"
+                    f"\nslurmctld's last lines:\n{daemon_log_tail()}"
+                    f"\nIts last output:\n{out[-3000:]}")
     except BaseException:  # Ctrl-C, or SIGTERM (see the cluster fixture): no orphan left
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         raise
     return proc.returncode, out, time.monotonic() - start
+
+
+# The lines of a snakemake log that place each job in time, and the plugin's choice of status
+# command (a fallback to sacct, which answers nothing without accounting, shows here).
+TIMELINE = re.compile(r"^\[\w{3} \w{3} .*\d{4}\]$|^(local)?rule \w+:|^Finished jobid|"
+                      r"has been submitted|Falling back|status queries|Error|error:")
+
+
+def timeline(out: str) -> str:
+    """The whole run's timeline from its output, however long the run was (the tail alone hid
+    when each job started)."""
+    return "\n".join(line for line in out.splitlines() if TIMELINE.search(line.strip()))
+
+
+def queue_now() -> str:
+    try:
+        return "; ".join(squeue_jobs()) or "empty"
+    except (AssertionError, OSError, subprocess.SubprocessError) as error:
+        return f"squeue failed: {error}"
+
+
+def daemon_log_tail(lines: int = 15) -> str:
+    log = SCRATCH / "log" / "slurmctld.log"
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as error:
+        return f"({error})"
 
 
 def squeue_jobs() -> list[str]:
@@ -217,7 +251,7 @@ def test_smoke_workflow_through_slurm(cluster: Path, tmp_path: Path,
     # needs on top (and no retries: a failure here should show, not be retried away)
     assert (work / "profiles" / "slurm" / "config.yaml").is_file()
     code, out, wall = run_hard([str(BIN / "snakemake"), "--profile", "profiles/slurm",
-                                *SLURM_FLAGS, "--retries", "0"], work, timeout=300)
+                                *SLURM_FLAGS, "--retries", "0"], work, timeout=SMOKE_TIMEOUT)
     TIMINGS["SMOKE workflow"] = wall
     assert code == 0, out[-6000:]
     ids = _check_jobs(out, work)

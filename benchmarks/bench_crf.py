@@ -7,7 +7,7 @@ command is timed: reading, CRF, PNG writing, process start-up).
 
 1. Plain reference: ``pydensecrf`` called directly in this process on the arrays, per image
    (the model-only cost).
-2. ``nerveseg_cli.crf.crf`` (what ``nerveseg crf`` runs) with 1 worker and with 2 worker
+2. ``nerveseg_cli.inference.crf.crf`` (what ``nerveseg crf`` runs) with 1 worker and with 2 worker
    processes; target: 2 workers >= 1.7x faster than 1.
 
 The 1- and 2-worker runs alternate --repeats times and each keeps its best time.
@@ -32,7 +32,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import kaggle_dir, report  # noqa: E402
 
-from nerveseg_cli.crf import (  # noqa: E402
+from nerveseg_cli.data.synth import synth  # noqa: E402
+from nerveseg_cli.inference.crf import (  # noqa: E402
     CrfParams,
     CrfTask,
     _process_context,
@@ -43,8 +44,7 @@ from nerveseg_cli.crf import (  # noqa: E402
 )
 from nerveseg_cli.io.images import read_image, read_mask  # noqa: E402
 from nerveseg_cli.io.outputs import write_image  # noqa: E402
-from nerveseg_cli.probmaps import write_probability  # noqa: E402
-from nerveseg_cli.synth import synth  # noqa: E402
+from nerveseg_cli.io.probmaps import write_probability  # noqa: E402
 
 WIDTH, HEIGHT = 580, 420
 
@@ -81,7 +81,7 @@ def reference_crf(probability: np.ndarray, image: np.ndarray, params: CrfParams)
 STARTUP_PROBE = """
 import os, time
 from concurrent.futures import ProcessPoolExecutor, wait
-from nerveseg_cli.crf import _process_context, _worker_init
+from nerveseg_cli.inference.crf import _process_context, _worker_init
 start = time.perf_counter()
 with ProcessPoolExecutor(2, mp_context=_process_context(), initializer=_worker_init) as pool:
     wait([pool.submit(os.getpid) for _ in range(2)])

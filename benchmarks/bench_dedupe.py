@@ -46,7 +46,7 @@ REFERENCE_SAMPLE_PAIRS = 20_000
 
 def synth_set(cache: Path, subjects: int, per_subject: int, workers: int) -> Path:
     """A synth dataset's train/ folder, made once per cache folder."""
-    from nerveseg_cli.synth import synth
+    from nerveseg_cli.data.synth import synth
 
     root = cache / f"synth-{subjects}x{per_subject}"
     if not (root / "planted_duplicates.csv").is_file():
@@ -100,7 +100,7 @@ def child(args: list[str]) -> None:
 
 
 def stages(data: Path, workers: int) -> dict:
-    from nerveseg_cli import dedupe as d
+    from nerveseg_cli.data import dedupe as d
 
     times: dict[str, float] = {}
     samples = discover_images(data)

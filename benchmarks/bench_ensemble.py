@@ -29,12 +29,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import kaggle_dir, report  # noqa: E402
 
-from nerveseg_cli.ensemble import ensemble  # noqa: E402
+from nerveseg_cli.inference.ensemble import ensemble  # noqa: E402
+from nerveseg_cli.inference.merging import MergeRule  # noqa: E402
+from nerveseg_cli.io.kaggle_csv import parse_table, read_rle_csv  # noqa: E402
 from nerveseg_cli.io.parallel import thread_map  # noqa: E402
-from nerveseg_cli.kaggle_csv import parse_table, read_rle_csv  # noqa: E402
-from nerveseg_cli.merging import MergeRule  # noqa: E402
-from nerveseg_cli.probmaps import read_probability_values, write_probability  # noqa: E402
-from nerveseg_cli.rle import runs_to_mask  # noqa: E402
+from nerveseg_cli.io.probmaps import read_probability_values, write_probability  # noqa: E402
+from nerveseg_cli.io.rle import runs_to_mask  # noqa: E402
 
 WIDTH, HEIGHT = 580, 420
 MEMBERS = 5

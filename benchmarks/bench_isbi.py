@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, report  # noqa: E402
 
 from nerveseg_cli.io.datasets import Sample, write_manifest  # noqa: E402
-from nerveseg_cli.train import TrainOptions, train  # noqa: E402
+from nerveseg_cli.train.engine import train  # noqa: E402
+from nerveseg_cli.train.options import TrainOptions  # noqa: E402
 
 SIZE = 256
 

@@ -57,7 +57,7 @@ def usgra_dir() -> Path | None:
 
 def make_folds(data: Path, folds: int, out: Path) -> Path:
     from nerveseg_cli.classes import Classes
-    from nerveseg_cli.split import split, write_split
+    from nerveseg_cli.data.split import split, write_split
 
     path = out / "folds.csv"  # the same folds on every call (seed 0), so --work can resume
     write_split(split(data, folds=folds, seed=0, classes=Classes.parse(CLASSES)), path,
@@ -70,7 +70,8 @@ TASKS = {"3-class": {"classes": CLASSES}, "nerve": {"label": 1}, "vessel": {"lab
 
 def train_run(manifest: Path, fold: int, name: str, out: Path, settings: dict) -> dict:
     """Train one run of a task; its best metrics row, wall time and median epoch time."""
-    from nerveseg_cli.train import resolve_train_options, train
+    from nerveseg_cli.train.engine import train
+    from nerveseg_cli.train.resolution import resolve_train_options
 
     given = {"manifest": str(manifest), "fold": str(fold), **settings, **TASKS[name]}
     options = resolve_train_options(given, explicit=set(given)).options

@@ -3,7 +3,7 @@ recipe's 512x512, then frames per second of every shipped recipe at its own size
 
 Every model is a random-init run folder built in a temporary directory (config.json and
 model.safetensors as `train` writes them, no training: only the graph matters for speed). Each
-is timed with `nerveseg_cli.bench.bench` (`nerveseg bench`: the whole per-frame path of
+is timed with `nerveseg_cli.inference.bench.bench` (`nerveseg bench`: the whole per-frame path of
 `predict` on decoded synthetic 580x420 frames, geometry and post-processing included; latency at
 batch 1 and throughput at the best batch size), and the maps of both engines are compared on
 the same frames, in grey levels (the 8-bit PNG values predict writes). Both engines get the
@@ -28,16 +28,17 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import report  # noqa: E402
 
-from nerveseg_cli.bench import BenchOptions, BenchResult, bench  # noqa: E402
 from nerveseg_cli.classes import Classes  # noqa: E402
-from nerveseg_cli.engines import load_engines, ort_threads  # noqa: E402
-from nerveseg_cli.export import export_run  # noqa: E402
 from nerveseg_cli.geometry import Geometry  # noqa: E402
+from nerveseg_cli.inference.bench import BenchOptions, BenchResult, bench  # noqa: E402
+from nerveseg_cli.inference.engines import load_engines  # noqa: E402
+from nerveseg_cli.inference.export import export_run  # noqa: E402
+from nerveseg_cli.inference.ort import ort_threads  # noqa: E402
+from nerveseg_cli.io.probmaps import probability_to_values  # noqa: E402
+from nerveseg_cli.io.runs import BEST, RunConfig, save_weights, write_config  # noqa: E402
 from nerveseg_cli.models import ModelConfig, build_model, count_parameters  # noqa: E402
-from nerveseg_cli.probmaps import probability_to_values  # noqa: E402
-from nerveseg_cli.recipes import load_recipe, recipe_names  # noqa: E402
-from nerveseg_cli.runs import BEST, RunConfig, save_weights, write_config  # noqa: E402
 from nerveseg_cli.train.options import TrainOptions  # noqa: E402
+from nerveseg_cli.train.recipes import load_recipe, recipe_names  # noqa: E402
 
 KAGGLE = (580, 420)  # (width, height) of the frames
 Row = tuple[str, str, str, str]

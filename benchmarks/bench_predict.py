@@ -24,12 +24,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import report  # noqa: E402
 
+from nerveseg_cli.data.synth import synth  # noqa: E402
 from nerveseg_cli.device import resolve_amp, resolve_device  # noqa: E402
+from nerveseg_cli.inference.predict import PredictOptions, predict  # noqa: E402
 from nerveseg_cli.io.datasets import discover_images, write_manifest  # noqa: E402
-from nerveseg_cli.predict import PredictOptions, predict  # noqa: E402
-from nerveseg_cli.runs import load_run  # noqa: E402
-from nerveseg_cli.synth import synth  # noqa: E402
-from nerveseg_cli.train import TrainOptions, train  # noqa: E402
+from nerveseg_cli.io.runs import load_run  # noqa: E402
+from nerveseg_cli.train.engine import train  # noqa: E402
+from nerveseg_cli.train.options import TrainOptions  # noqa: E402
 
 
 def main() -> None:

@@ -21,9 +21,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import report, require_kaggle  # noqa: E402
 
-from nerveseg_cli.kaggle_csv import format_rle_csv, parse_table, read_rle_csv
-from nerveseg_cli.rle import rle_encode, runs_to_mask
-from nerveseg_cli.submission import decode_csv_to_folder, encode_folder
+from nerveseg_cli.io.kaggle_csv import format_rle_csv, parse_table, read_rle_csv
+from nerveseg_cli.io.rle import rle_encode, runs_to_mask
+from nerveseg_cli.submission.codec import decode_csv_to_folder, encode_folder
 
 WIDTH, HEIGHT = 580, 420
 

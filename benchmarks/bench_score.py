@@ -23,10 +23,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import report, require_kaggle  # noqa: E402
 
+from nerveseg_cli.evaluation.score import counts_from_histograms, score, summarize, value_histograms
+from nerveseg_cli.io.kaggle_csv import parse_table, read_rle_csv  # noqa: E402
 from nerveseg_cli.io.outputs import write_mask  # noqa: E402
-from nerveseg_cli.kaggle_csv import parse_table, read_rle_csv  # noqa: E402
-from nerveseg_cli.rle import runs_to_mask  # noqa: E402
-from nerveseg_cli.score import counts_from_histograms, score, summarize, value_histograms
+from nerveseg_cli.io.rle import runs_to_mask  # noqa: E402
 
 WIDTH, HEIGHT = 580, 420
 

@@ -123,9 +123,9 @@ def compare_with_plain(args: argparse.Namespace) -> list[tuple[str, str, str, st
 
     import torch
 
+    from nerveseg_cli.data.split import split, write_split
+    from nerveseg_cli.data.synth import synth
     from nerveseg_cli.io.datasets import discover_images
-    from nerveseg_cli.split import split, write_split
-    from nerveseg_cli.synth import synth
 
     python, threads = sys.executable, torch.get_num_threads()  # the plain loop's default
     with tempfile.TemporaryDirectory() as tmp:
@@ -205,15 +205,15 @@ def loop_figures(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
     """Loader alone, model step alone and the whole loop, in this process."""
     import torch
 
+    from nerveseg_cli.data.synth import synth
     from nerveseg_cli.device import resolve_amp, resolve_device, step_generator
     from nerveseg_cli.io.datasets import discover_images, write_manifest
     from nerveseg_cli.io.images import parse_size
     from nerveseg_cli.models import build_model
-    from nerveseg_cli.synth import synth
-    from nerveseg_cli.train import TrainOptions, train
     from nerveseg_cli.train.augment import augment_batch
     from nerveseg_cli.train.data import cache_samples, choose_geometry, epoch_batches
-    from nerveseg_cli.train.engine import load_batch
+    from nerveseg_cli.train.engine import load_batch, train
+    from nerveseg_cli.train.options import TrainOptions
 
     width, height = parse_size(args.size)
     device = resolve_device(args.device)

@@ -39,6 +39,11 @@ def brief(exc: BaseException, most: int = 120) -> str:
     return text if len(text) <= most else text[: most - 3] + "..."
 
 
+def write_error(path: Path, exc: OSError) -> NervesegError:
+    """A failed write, named by its output (read-only place, disk full ...)."""
+    return NervesegError(f"{path}: cannot write ({exc.strerror or type(exc).__name__})")
+
+
 def require_folder(path: Path, what: str) -> Path:
     """An input that must be a folder: a file in its place is said to be one."""
     if path.is_file():

@@ -6,7 +6,7 @@ import csv
 import hashlib
 from pathlib import Path
 
-from nerveseg_cli.synth import synth
+from nerveseg_cli.data.synth import synth
 from tests.conftest import CliResult, assert_one_line_error, run_cli
 
 nerveseg = run_cli

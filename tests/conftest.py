@@ -29,7 +29,7 @@ import typer.testing  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from nerveseg_cli.cli import app  # noqa: E402
-from nerveseg_cli.synth import synth  # noqa: E402
+from nerveseg_cli.data.synth import synth  # noqa: E402
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 CLI_ENV = {"COLUMNS": "120", "NO_COLOR": "1", "TERM": "dumb"}
@@ -137,9 +137,10 @@ def hostile_base(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     set), ``folds.csv`` (2 folds), ``run/`` (a tiny unet-plain trained one epoch on fold 1,
     validated on fold 0) and ``probs/`` (its probability maps of ``data/test``). Tests copy it
     with ``hostile.make_workspace``; never change it."""
-    from nerveseg_cli.predict import PredictOptions, predict
-    from nerveseg_cli.split import split, write_split
-    from nerveseg_cli.train import TrainOptions, train
+    from nerveseg_cli.data.split import split, write_split
+    from nerveseg_cli.inference.predict import PredictOptions, predict
+    from nerveseg_cli.train.engine import train
+    from nerveseg_cli.train.options import TrainOptions
 
     base = tmp_path_factory.mktemp("hostile") / "base"
     shutil.copytree(synth_root, base / "data")
@@ -170,28 +171,28 @@ MAX_WORKERS = 4  # beyond this the few long end-to-end tests decide the wall tim
 # one go to the same worker (an xdist group), so it is built once, not once per worker. The
 # module's other tests, and the tests of cheap module fixtures, spread over the workers.
 EXPENSIVE_FIXTURES = {
-    "tests/test_demo.py": {"demo"},
-    "tests/test_kaggle_script.py": {"smoke"},
-    "tests/test_multiclass_script.py": {"smoke"},
-    "tests/test_workflow.py": {"binary", "several"},
-    "tests/test_distributed.py": {"ddp"},
-    "tests/test_train.py": {"straight"},
+    "tests/workflow/test_demo.py": {"demo"},
+    "tests/workflow/test_kaggle_script.py": {"smoke"},
+    "tests/workflow/test_multiclass_script.py": {"smoke"},
+    "tests/workflow/test_workflow.py": {"binary", "several"},
+    "tests/train/test_distributed.py": {"ddp"},
+    "tests/train/test_train.py": {"straight"},
 }
 
 # What to start first, longest first (the setup of the module fixture, or the test, from
 # `--durations`): xdist hands work out in this order, so the long end-to-end runs overlap each
 # other and the short tests fill in after them, instead of a long one starting last.
 SLOWEST_FIRST = (
-    "tests/test_kaggle_script.py::smoke",
-    "tests/test_demo.py::demo",
-    "tests/test_workflow.py::several",
-    "tests/test_workflow.py::binary",
-    "tests/test_multiclass_script.py::smoke",
-    "tests/test_distributed.py::ddp",
-    "tests/test_workflow.py::test_a_training_job_stopped_by_sigterm_continues_on_the_rerun",
-    "tests/test_train.py::test_two_process_ddp_on_gloo",
-    "tests/test_interrupts.py::test_train_stopped_by_a_signal_saves_and_resumes",
-    "tests/test_train.py::straight",
+    "tests/workflow/test_kaggle_script.py::smoke",
+    "tests/workflow/test_demo.py::demo",
+    "tests/workflow/test_workflow.py::several",
+    "tests/workflow/test_workflow.py::binary",
+    "tests/workflow/test_multiclass_script.py::smoke",
+    "tests/train/test_distributed.py::ddp",
+    "tests/workflow/test_workflow.py::test_a_training_job_stopped_by_sigterm_continues_on_the_rerun",
+    "tests/train/test_train.py::test_two_process_ddp_on_gloo",
+    "tests/train/test_interrupts.py::test_train_stopped_by_a_signal_saves_and_resumes",
+    "tests/train/test_train.py::straight",
 )
 
 

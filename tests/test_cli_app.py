@@ -47,7 +47,7 @@ def test_debug_shows_traceback_otherwise_one_line(tmp_path: Path) -> None:
 
 
 def test_demo_refuses_a_used_folder_and_bad_settings_before_any_work(tmp_path: Path) -> None:
-    """The demo itself runs in tests/test_demo.py; here only its cheap refusals."""
+    """The demo itself runs in tests/workflow/test_demo.py; here only its cheap refusals."""
     used = tmp_path / "used"
     used.mkdir()
     (used / "notes.txt").write_text("mine")

@@ -22,10 +22,12 @@ from nerveseg_cli import device
 from nerveseg_cli.device import derived_seed, resolve_amp, resolve_device
 from nerveseg_cli.errors import NervesegError
 from nerveseg_cli.models import ModelConfig, build_model
-from nerveseg_cli.train import TrainOptions, engine, train
 from nerveseg_cli.train import data as train_data
+from nerveseg_cli.train import engine
 from nerveseg_cli.train.distributed import Distributed
 from nerveseg_cli.train.dry_step import dry_step
+from nerveseg_cli.train.engine import train
+from nerveseg_cli.train.options import TrainOptions
 from nerveseg_cli.train.state import TrainState
 from tests.conftest import synth_with_folds
 

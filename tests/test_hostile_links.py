@@ -279,7 +279,7 @@ def test_a_file_output_that_is_a_link_is_replaced_and_its_target_kept(workspace:
        "--workers", "1")
     assert not (ws / "new.csv").is_symlink() and "fold" in (ws / "new.csv").read_text()
     assert other.read_text() == "someone else's\n"
-    from nerveseg_cli.export import sidecar_path
+    from nerveseg_cli.inference.export import sidecar_path
 
     model = ws / "m.onnx"
     model.symlink_to(other)

@@ -26,7 +26,7 @@ from typing import Any
 import cv2
 import pytest
 
-from nerveseg_cli.export import export_run, file_sha256, sidecar_path
+from nerveseg_cli.inference.export import export_run, file_sha256, sidecar_path
 from tests.hostile import Case, run_case
 from tests.test_hostile_data import make_palette_set
 
@@ -84,8 +84,8 @@ def fixed_graph(hostile_base: Path, tmp_path_factory: pytest.TempPathFactory) ->
     """The same network exported fixed to its geometry (48x64), without a sidecar."""
     import torch
 
-    from nerveseg_cli.export import _export
-    from nerveseg_cli.runs import load_run
+    from nerveseg_cli.inference.export import _export
+    from nerveseg_cli.io.runs import load_run
 
     _, model = load_run(hostile_base / "run")
     out = tmp_path_factory.mktemp("fixed") / "fixed.onnx"
@@ -287,8 +287,8 @@ def test_resume_with_the_last_weights_of_another_network_is_one_line(
         workspace: Path) -> None:
     """``train --resume`` reads last.safetensors itself: weights of another width are one
     error naming the file, not a traceback."""
+    from nerveseg_cli.io.runs import save_weights
     from nerveseg_cli.models import ModelConfig, build_model
-    from nerveseg_cli.runs import save_weights
     from tests.hostile import assert_refused
 
     other = build_model(ModelConfig("unet-plain", "none", "none", 1, extra={"width": 4}))

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nerveseg_cli.bench import parse_batch_sizes
-from nerveseg_cli.ensemble import parse_weights
 from nerveseg_cli.errors import NervesegError
+from nerveseg_cli.inference.bench import parse_batch_sizes
+from nerveseg_cli.inference.ensemble import parse_weights
 from nerveseg_cli.lists import first_repeat, parse_list, refuse_repeated_paths
 from nerveseg_cli.train.checkpoints import SavePolicy
 from nerveseg_cli.train.losses import make_loss

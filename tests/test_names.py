@@ -28,7 +28,10 @@ def test_every_file_name_in_the_source_is_reserved() -> None:
 
 
 def test_the_module_constants_are_reserved() -> None:
-    from nerveseg_cli import classes, demo, ensemble, probmaps, runs
+    from nerveseg_cli import classes
+    from nerveseg_cli.inference import ensemble
+    from nerveseg_cli.io import probmaps, runs
+    from nerveseg_cli.workflow import demo
 
     for name in (runs.CONFIG, runs.BEST, runs.LAST, runs.STATE, runs.METRICS,
                  classes.CLASSES_JSON, probmaps.PREDICTION_JSON, probmaps.PRESENCE_CSV,

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 
 from nerveseg_cli.errors import NervesegError
 from nerveseg_cli.io.datasets import read_manifest_columns
-from nerveseg_cli.kaggle_csv import parse_table, read_rle_csv
-from nerveseg_cli.probmaps import read_presence
-from nerveseg_cli.rle import RleError, parse_runs, rle_encode
+from nerveseg_cli.io.kaggle_csv import parse_table, read_rle_csv
+from nerveseg_cli.io.probmaps import read_presence
+from nerveseg_cli.io.rle import RleError, parse_runs, rle_encode
 
 FAST = settings(max_examples=150, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow])

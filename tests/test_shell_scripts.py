@@ -1,5 +1,5 @@
-"""The repository's other shell scripts pass shellcheck: benchmarks/ (the device calls and
-their rehearsal), benchmarks/slurm/ (the one-node cluster of tests/test_slurm.py) and .ci/run.
+"""The repository's other shell scripts pass shellcheck: benchmarks/ (the device calls and their
+rehearsal), benchmarks/slurm/ (the one-node cluster of tests/workflow/test_slurm.py) and .ci/run.
 examples/*.sh are linted beside their end-to-end tests (test_kaggle_script.py,
 test_multiclass_script.py)."""
 

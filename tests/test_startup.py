@@ -66,7 +66,7 @@ def test_help_loads_no_heavy_library(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def exported(hostile_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The hostile base's unet-plain run, exported."""
-    from nerveseg_cli.export import export_run
+    from nerveseg_cli.inference.export import export_run
 
     model = tmp_path_factory.mktemp("startup") / "run.onnx"
     export_run(hostile_base / "run", model)

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from nerveseg_cli import device
-from nerveseg_cli.train import TrainOptions, train
+from nerveseg_cli.train.engine import train
+from nerveseg_cli.train.options import TrainOptions
 from nerveseg_cli.train.progress import Reporter
 from tests.conftest import synth_with_folds
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Start a one-node SLURM cluster on localhost, for tests/test_slurm.py and by hand.
+# Start a one-node SLURM cluster on localhost, for tests/workflow/test_slurm.py and by hand.
 #
 #   sudo bash benchmarks/slurm/start_cluster.sh     # as root; idempotent
 #   sinfo; sbatch ...; snakemake --executor slurm ...   # as root, on this machine

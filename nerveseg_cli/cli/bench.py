@@ -34,7 +34,7 @@ def bench_command(
     """Time a model as a live stream sees it: per-frame latency p50/p95/p99 at batch 1
     (preprocessing and postprocessing included) and throughput at each batch size, for torch
     and ONNX Runtime."""
-    from nerveseg_cli.bench import BenchOptions, bench, parse_batch_sizes
+    from nerveseg_cli.inference.bench import BenchOptions, bench, parse_batch_sizes
     from nerveseg_cli.io.images import parse_size
 
     options = BenchOptions(engine=engine, device=device,

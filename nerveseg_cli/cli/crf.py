@@ -49,7 +49,7 @@ def crf_command(
     json_output: JsonOutput = False,
 ) -> None:
     """Refine probability maps with a fully connected CRF on the grayscale image."""
-    from nerveseg_cli.crf import CrfParams, crf
+    from nerveseg_cli.inference.crf import CrfParams, crf
 
     params = CrfParams(sxy_gaussian=sxy_gaussian, compat_gaussian=compat_gaussian,
                        sxy_bilateral=sxy_bilateral, schan=schan,

@@ -24,7 +24,7 @@ from nerveseg_cli.cli._common import (
     stdout,
 )
 
-# Kept in step with nerveseg_cli.dedupe (not imported here so that --help stays fast).
+# Kept in step with nerveseg_cli.data.dedupe (not imported here so that --help stays fast).
 DEFAULT_NEAR_THRESHOLD = 0.005
 DEFAULT_CONFLICT_DICE = 0.2
 
@@ -95,7 +95,7 @@ def dedupe_command(
 ) -> None:
     """Find exact and near-duplicate images, their label conflicts, and repair them."""
     from nerveseg_cli.classes import parse_classes
-    from nerveseg_cli.dedupe import dedupe, write_outputs
+    from nerveseg_cli.data.dedupe import dedupe, write_outputs
     from nerveseg_cli.io.outputs import Outputs
 
     # Refuse unusable outputs before the (possibly long) decoding pass.

@@ -20,7 +20,7 @@ from nerveseg_cli.cli._common import (
 from nerveseg_cli.train.progress import EpochRecord, Reporter
 
 if TYPE_CHECKING:
-    from nerveseg_cli.demo import DemoResult, DemoStep
+    from nerveseg_cli.workflow.demo import DemoResult, DemoStep
 
 
 # One parameter per option: this is Typer's declaration of the command line.
@@ -47,7 +47,7 @@ def demo_command(
 
     Each step is printed as the shell command that does it; every file stays in OUT. Exits 1
     when the trained models do not beat the all-empty submission out of fold."""
-    from nerveseg_cli.demo import parse_settings, run_demo
+    from nerveseg_cli.workflow.demo import parse_settings, run_demo
 
     settings = parse_settings(size, train_size, subjects=subjects, per_subject=per_subject,
                               test=test, epochs=epochs, encoder=encoder, seed=seed,

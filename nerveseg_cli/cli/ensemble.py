@@ -48,8 +48,8 @@ def ensemble_command(
     json_output: JsonOutput = False,
 ) -> None:
     """Merge probability folders (mean, weighted, vote or ASME) into one probability folder."""
-    from nerveseg_cli.ensemble import ensemble, parse_weights
-    from nerveseg_cli.merging import MergeRule
+    from nerveseg_cli.inference.ensemble import ensemble, parse_weights
+    from nerveseg_cli.inference.merging import MergeRule
 
     parsed = parse_weights(weights, len(members)) if weights is not None else None
     with progress_bar(None, "ensemble") as advance:

@@ -30,7 +30,7 @@ def export_command(
 ) -> None:
     """Export a run to ONNX with a JSON sidecar (preprocessing, classes, outputs), checked
     against torch with ONNX Runtime before it is written."""
-    from nerveseg_cli.export import export_run
+    from nerveseg_cli.inference.export import export_run
 
     result = export_run(run, out, opset=opset, overwrite=overwrite)
     if json_output:

@@ -88,8 +88,8 @@ def predict_command(
     Options not given take the values recorded by the first run's recipe (train --recipe),
     then the defaults shown."""
     from nerveseg_cli.errors import NervesegError
+    from nerveseg_cli.inference.predict import PredictOptions, predict
     from nerveseg_cli.io.video import is_video
-    from nerveseg_cli.predict import PredictOptions, predict
 
     if len(paths) < 2:
         raise NervesegError("predict needs RUN [RUN ...] IMAGES")

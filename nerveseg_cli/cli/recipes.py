@@ -18,7 +18,7 @@ def recipes_command(
     json_output: JsonOutput = False,
 ) -> None:
     """List the shipped training recipes, one line each (docs/recipes.md)."""
-    from nerveseg_cli.recipes import load_recipe, shipped_recipes
+    from nerveseg_cli.train.recipes import load_recipe, shipped_recipes
 
     if name is not None:
         text = json.dumps(load_recipe(name).to_dict(), indent=2) + "\n"

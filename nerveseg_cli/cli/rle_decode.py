@@ -42,7 +42,7 @@ def rle_decode_command(
     """Turn a Kaggle RLE CSV back into mask PNGs (strictly validated first)."""
     from nerveseg_cli.classes import parse_classes
     from nerveseg_cli.io.images import parse_size
-    from nerveseg_cli.submission import decode_csv_to_folder
+    from nerveseg_cli.submission.codec import decode_csv_to_folder
 
     dims = parse_size(size)
     with progress_bar(None, "rle-decode") as advance:

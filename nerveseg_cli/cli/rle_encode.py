@@ -60,7 +60,7 @@ def rle_encode_command(
     """Encode masks or probability maps as a Kaggle submission (column-major RLE)."""
     from nerveseg_cli.classes import parse_classes
     from nerveseg_cli.io.images import parse_size
-    from nerveseg_cli.submission import encode_folder
+    from nerveseg_cli.submission.codec import encode_folder
 
     result = encode_folder(source, out, fmt=fmt, classes=parse_classes(classes),
                            threshold=threshold, min_area=min_area,

@@ -36,8 +36,9 @@ from nerveseg_cli.cli._common import (
 
 if TYPE_CHECKING:
     from nerveseg_cli.classes import Classes
-    from nerveseg_cli.score import ScoreOutputs, ScoreReport, Sweep
-    from nerveseg_cli.score_classes import ClassScoreReport
+    from nerveseg_cli.evaluation.postprocess import Sweep
+    from nerveseg_cli.evaluation.score import ScoreOutputs, ScoreReport
+    from nerveseg_cli.evaluation.score_classes import ClassScoreReport
 
 
 SUMMARY_LABELS = {
@@ -98,9 +99,9 @@ def score_command(
     """Score predictions against ground truth exactly as Kaggle does, with the details."""
     from nerveseg_cli.classes import parse_classes
     from nerveseg_cli.errors import NervesegError
+    from nerveseg_cli.evaluation.score import ScoreOutputs, score, write_score_outputs
     from nerveseg_cli.io.images import parse_size
-    from nerveseg_cli.score import ScoreOutputs, score, write_score_outputs
-    from nerveseg_cli.sources import is_multiclass
+    from nerveseg_cli.io.sources import is_multiclass
 
     declared = parse_classes(classes)
     multiclass = is_multiclass(pred, declared)
@@ -200,7 +201,7 @@ def _score_classes(pred: Path, gt: Path, declared: Classes | None, targets: Scor
                    json_output: bool) -> None:
     """score with several classes (the command's options, passed on as they are)."""
     from nerveseg_cli.classes import refuse_one_class_options
-    from nerveseg_cli.score_classes import score_classes, write_class_score_outputs
+    from nerveseg_cli.evaluation.score_classes import score_classes, write_class_score_outputs
 
     refuse_one_class_options("scored", label=label, presence_threshold=presence_threshold,
                              presence_from=presence_from)

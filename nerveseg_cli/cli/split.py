@@ -26,7 +26,7 @@ from nerveseg_cli.cli._common import (
 
 if TYPE_CHECKING:
     from nerveseg_cli.classes import Classes
-    from nerveseg_cli.split import FoldRow
+    from nerveseg_cli.data.split import FoldRow
 
 
 
@@ -83,7 +83,7 @@ def split_command(
                             "audit an existing split")
     if folds is not None and holdout is not None:
         raise NervesegError("choose --folds or --holdout, not both")
-    from nerveseg_cli.split import split, write_split
+    from nerveseg_cli.data.split import split, write_split
 
     Outputs.preflight([input], files=[out], overwrite=overwrite)
     with progress_bar(None, "split") as advance:
@@ -105,7 +105,7 @@ def split_command(
 
 def _check(manifest: Path, label: int | None, classes: Classes | None, workers: int,
            json_output: bool) -> None:
-    from nerveseg_cli.split import check_split
+    from nerveseg_cli.data.split import check_split
 
     with progress_bar(None, "check") as advance:
         report = check_split(manifest, label=label, classes=classes, workers=workers,

@@ -37,8 +37,8 @@ def synth_command(
     """Make a tiny deterministic Kaggle-layout dataset (tests, demos, smoke runs); with
     --classes 3, label maps of a nerve and a vessel."""
     from nerveseg_cli.classes import parse_classes
+    from nerveseg_cli.data.synth import synth
     from nerveseg_cli.io.images import parse_size
-    from nerveseg_cli.synth import synth
 
     dims = parse_size(size)
     with progress_bar(subjects * per_subject + test, "synth") as advance:

@@ -1,5 +1,5 @@
 """``nerveseg train``: parses the options, resolves them with a recipe or the run to resume
-(:func:`~nerveseg_cli.train.options.resolve_train_options`), trains, prints.
+(:func:`~nerveseg_cli.train.resolution.resolve_train_options`), trains, prints.
 
 Every default is read from :class:`~nerveseg_cli.train.options.TrainOptions` (``_D``), so
 there is one place to change one.
@@ -222,7 +222,8 @@ def train_command(
 ) -> None:
     """Train one model on the folds other than K, validating on fold K every epoch."""
     from nerveseg_cli.errors import NervesegError
-    from nerveseg_cli.train import resolve_train_options, train
+    from nerveseg_cli.train.engine import train
+    from nerveseg_cli.train.resolution import resolve_train_options
     from nerveseg_cli.train.signals import TrainingInterrupted
 
     if resume is None and (manifest is None or out is None):

@@ -35,7 +35,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from nerveseg_cli.errors import NervesegError
+from nerveseg_cli.errors import NervesegError, write_error
 
 try:
     import fcntl
@@ -165,8 +165,6 @@ def _take(folder: Path, name: str, *, shared: bool) -> _Held:
         finally:
             os.close(busy.fd)
     except OSError as exc:
-        from nerveseg_cli.io.outputs import write_error  # outputs imports this module
-
         raise write_error(folder, exc) from None
     if not shared:
         _write_info(fd)

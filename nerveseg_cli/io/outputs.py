@@ -38,7 +38,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from nerveseg_cli.errors import NervesegError
+from nerveseg_cli.errors import NervesegError, write_error
 from nerveseg_cli.io.images import encode_image
 from nerveseg_cli.io.locks import OutputLock, is_lock_file, lock_output
 
@@ -81,11 +81,6 @@ def remove_interrupted_writes(folder: Path) -> None:
     they never became outputs, and a resumed run writes those files again."""
     for stray in [*folder.glob(".*.tmp"), *folder.glob("*/.*.tmp")]:
         stray.unlink(missing_ok=True)
-
-
-def write_error(path: Path, exc: OSError) -> NervesegError:
-    """A failed write, named by its output (read-only place, disk full ...)."""
-    return NervesegError(f"{path}: cannot write ({exc.strerror or type(exc).__name__})")
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nerveseg_cli.models import ModelConfig, SegmentationNet, register
 from nerveseg_cli.models.blocks import (
     DoubleConv,
     PresenceHead,
@@ -36,6 +35,7 @@ from nerveseg_cli.models.blocks import (
     make_activation,
     upsample_to,
 )
+from nerveseg_cli.models.registry import ModelConfig, SegmentationNet, register
 from nerveseg_cli.models.unet_family import (
     UNetSkeleton,
     build_unet,

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nerveseg_cli.models import SegmentationNet
 from nerveseg_cli.models.blocks import SharpenSkip
+from nerveseg_cli.models.registry import SegmentationNet
 
 
 class ExportOutputs(nn.Module):

@@ -29,16 +29,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from nerveseg_cli.errors import NervesegError
-from nerveseg_cli.models import (
+from nerveseg_cli.models.blocks import PresenceHead, check_width, make_activation
+from nerveseg_cli.models.registry import (
     Builder,
     ModelConfig,
     SegmentationNet,
     extra_option,
-    load_encoder_weights,
-    offline_weights_error,
     register,
 )
-from nerveseg_cli.models.blocks import PresenceHead, check_width, make_activation
+from nerveseg_cli.models.weights import load_encoder_weights, offline_weights_error
 
 VGG16_BLOCKS = (2, 2, 3, 3, 3)
 VGG16_WIDTHS = (1, 2, 4, 8, 8)

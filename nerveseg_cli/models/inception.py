@@ -29,8 +29,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nerveseg_cli.models import ModelConfig, SegmentationNet, register
 from nerveseg_cli.models.blocks import conv_norm_act, make_activation, upsample_to
+from nerveseg_cli.models.registry import ModelConfig, SegmentationNet, register
 from nerveseg_cli.models.unet_family import LEVELS, UNetSkeleton, build_unet, level_widths
 
 DEFAULTS = {"width": 32, "activation": "elu"}

@@ -20,8 +20,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nerveseg_cli.models import ModelConfig, SegmentationNet, register
 from nerveseg_cli.models.blocks import PresenceHead, conv_norm_act, upsample_to
+from nerveseg_cli.models.registry import ModelConfig, SegmentationNet, register
 from nerveseg_cli.models.unet_family import (
     UNetSkeleton,
     build_unet,

@@ -21,7 +21,8 @@ two 1-D convolutions share ECA's adaptive kernel size and have a ReLU between th
 map has the finest decoder level's channels and feeds the usual segmentation head.
 
 ``ragcm`` is ``unet --context rpa --fusion apf`` with the encoder you pass (the paper: resnet34
-with ImageNet weights, as the ``seed002-ragcm`` recipe sets).
+with ImageNet weights, as the ``seed002-ragcm`` recipe sets), registered beside smp's U-Net in
+:mod:`.smp_models`; this module holds the two modules.
 
 Seed numbers ("seed 003") refer to the papers listed in docs/models.md, "The seed papers".
 """
@@ -30,14 +31,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from nerveseg_cli.errors import NervesegError
-from nerveseg_cli.models import ModelConfig, SegmentationNet, _build_smp, register
 
 PYRAMID_BINS = (3, 7, 11)
 REDUCTION = 4
@@ -104,15 +101,3 @@ class AdaptivePyramidFusion(nn.Module):
         pooled = fused.mean(dim=(2, 3)).unsqueeze(1)  # (N, 1, C)
         weights = torch.sigmoid(self.channel_attention(pooled)).transpose(1, 2).unsqueeze(-1)
         return fused + fused * weights
-
-
-@register("ragcm", options=("skip", "activation", "context", "fusion"), encoder=True,
-          pretrained=True)
-def build_ragcm(config: ModelConfig) -> SegmentationNet:
-    extra = dict(config.extra or {})
-    for key, wanted in (("context", "rpa"), ("fusion", "apf")):
-        if extra.get(key) not in (None, wanted):
-            raise NervesegError(f"--{key} {extra[key]} does not apply to --arch ragcm (it always "
-                                f"has {wanted}); use --arch unet for the ablation")
-        extra[key] = wanted
-    return _build_smp("unet", replace(config, arch="unet", extra=extra))

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from nerveseg_cli.models import ModelConfig, SegmentationNet, extra_option
 from nerveseg_cli.models.blocks import check_skip, check_width
+from nerveseg_cli.models.registry import ModelConfig, SegmentationNet, extra_option
 
 LEVELS = 5
 SIZE_MULTIPLE = 2 ** (LEVELS - 1)  # one 2x downsampling between consecutive levels

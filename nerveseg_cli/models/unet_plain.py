@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from nerveseg_cli.errors import NervesegError
-from nerveseg_cli.models import ModelConfig, SegmentationNet, extra_option, register
 from nerveseg_cli.models.blocks import DoubleConv, PresenceHead, SharpenSkip, make_activation
+from nerveseg_cli.models.registry import ModelConfig, SegmentationNet, extra_option, register
 from nerveseg_cli.models.unet_family import (
     UNetSkeleton,
     build_unet,

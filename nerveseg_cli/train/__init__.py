@@ -11,7 +11,7 @@ from importlib import import_module
 from typing import Any
 
 _EXPORTS = {
-    "TrainOptions": "options", "resolve_train_options": "options",
+    "TrainOptions": "options", "resolve_train_options": "resolution",
     "train": "engine", "TrainResult": "engine",
     "EpochRecord": "progress", "Reporter": "progress",
 }

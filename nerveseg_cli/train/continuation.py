@@ -13,7 +13,7 @@ from pathlib import Path
 
 from nerveseg_cli.errors import NervesegError
 from nerveseg_cli.io.locks import is_lock_file
-from nerveseg_cli.runs import CONFIG, STATE
+from nerveseg_cli.io.runs import CONFIG, STATE
 
 START, CONTINUE, RESTART = "start", "continue", "restart"
 

@@ -36,14 +36,14 @@ from nerveseg_cli.device import (
     threads_for_load,
 )
 from nerveseg_cli.errors import NervesegError
+from nerveseg_cli.evaluation.postprocess import threshold_level
+from nerveseg_cli.evaluation.score import counts_from_histograms, dice, value_histograms
 from nerveseg_cli.geometry import Geometry, normalise_input
 from nerveseg_cli.io.images import LabelMapReader, MaskReader, parse_size
 from nerveseg_cli.io.locks import lock_output
 from nerveseg_cli.io.outputs import Outputs, atomic_write_files, atomic_write_text
 from nerveseg_cli.io.parallel import prefetch
-from nerveseg_cli.models import build_model, count_parameters
-from nerveseg_cli.postprocess import threshold_level
-from nerveseg_cli.runs import (
+from nerveseg_cli.io.runs import (
     BEST,
     LAST,
     LOG,
@@ -58,7 +58,7 @@ from nerveseg_cli.runs import (
     weights_bytes,
     write_config,
 )
-from nerveseg_cli.score import counts_from_histograms, dice, value_histograms
+from nerveseg_cli.models import build_model, count_parameters
 from nerveseg_cli.train.augment import augment_batch
 from nerveseg_cli.train.checkpoints import SavePolicy
 from nerveseg_cli.train.data import (
@@ -123,7 +123,7 @@ def train(options: TrainOptions, out: str | Path, *, overwrite: bool = False,
 
     ``resume`` continues the run in ``out`` from its last save (the options must be
     the run's, but for :data:`~.options.RUNTIME_KEYS`). ``inference``: prediction defaults to
-    record in config.json (a recipe's ``predict`` part, see nerveseg_cli/recipes), which
+    record in config.json (a recipe's ``predict`` part, see nerveseg_cli/train/recipes), which
     ``predict`` applies when not told otherwise. Raises
     :class:`~.signals.TrainingInterrupted` after saving when SIGTERM or Ctrl-C stopped it."""
     options.validate()

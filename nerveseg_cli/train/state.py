@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from nerveseg_cli.errors import NervesegError, brief
-from nerveseg_cli.tensors import load_tensor_file
+from nerveseg_cli.io.tensors import load_tensor_file
 from nerveseg_cli.train.progress import EpochRecord
 
 STATE_KEYS = ("epoch", "optimizer", "scheduler", "scaler", "generator", "torch_rng",

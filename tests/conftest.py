@@ -152,6 +152,17 @@ def hostile_base(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return base
 
 
+@pytest.fixture(scope="session")
+def exported(hostile_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``hostile_base/run`` exported (``model.onnx`` and its sidecar): pad 64x48, one input
+    channel, binary, no presence. Tests copy it before changing it; never change it."""
+    from nerveseg_cli.inference.export import export_run
+
+    out = tmp_path_factory.mktemp("exported") / "model.onnx"
+    export_run(hostile_base / "run", out)
+    return out
+
+
 @pytest.fixture
 def workspace(hostile_base: Path, tmp_path: Path) -> Path:
     """A fresh copy of ``hostile_base`` for one case."""

@@ -82,6 +82,53 @@ def make_workspace(base: Path, target: Path) -> Path:
     return target
 
 
+# --------------------------------------------------------------------------------------------
+# building cases: a command line with ``{ws}`` for the workspace, and setup steps that damage or
+# add inputs first
+
+
+Setup = Callable[[Path], None]
+
+
+def case(name: str, *parts: str, setup: Setup | Sequence[Setup] = (),
+         expect: Sequence[str] = ()) -> Case:
+    """A case: run the setups, then ``nerveseg PARTS`` with ``{ws}`` the workspace."""
+    setups = [setup] if callable(setup) else list(setup)
+
+    def prepare(ws: Path) -> list[str]:
+        for step in setups:
+            step(ws)
+        return [part.replace("{ws}", str(ws)) for part in parts]
+
+    return Case(name, prepare, tuple(expect))
+
+
+def write(rel: str, content: str | bytes = "keep me") -> Setup:
+    """Write a file (its folders made as needed)."""
+    def step(ws: Path) -> None:
+        path = ws / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content, encoding="utf-8")
+    return step
+
+
+def remove(rel: str) -> Setup:
+    def step(ws: Path) -> None:
+        path = ws / rel
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return step
+
+
+def copy_tree(rel: str, to: str) -> Setup:
+    """Copy a folder (its symbolic links kept as links)."""
+    def step(ws: Path) -> None:
+        shutil.copytree(ws / rel, ws / to, symlinks=True)
+    return step
+
+
 def cases(*items: Case) -> pytest.MarkDecorator:
     """``@cases(...)``: parametrise a test over hostile cases, named by ``Case.name``."""
     return pytest.mark.parametrize("case", items, ids=[c.name for c in items])

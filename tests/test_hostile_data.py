@@ -31,7 +31,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,32 +40,13 @@ import pytest
 from PIL import Image
 
 from tests.conftest import run_cli
-from tests.hostile import Case, run_case, snapshot
+from tests.hostile import Case, Setup, case, run_case, snapshot, write
 
-Setup = Callable[[Path], None]
 INT64_OVERFLOW = "99999999999999999999999"
 
 
 # --------------------------------------------------------------------------------------------
 # building cases
-
-
-def cli(*parts: str, setup: Setup | Sequence[Setup] = ()) -> Callable[[Path], list[str]]:
-    """A ``prepare``: run the setups on the workspace, then return the command line with
-    ``{ws}`` replaced by the workspace path."""
-    setups = [setup] if callable(setup) else list(setup)
-
-    def prepare(ws: Path) -> list[str]:
-        for step in setups:
-            step(ws)
-        return [part.replace("{ws}", str(ws)) for part in parts]
-
-    return prepare
-
-
-def case(name: str, *parts: str, setup: Setup | Sequence[Setup] = (),
-         expect: Sequence[str] = ()) -> Case:
-    return Case(name, cli(*parts, setup=setup), tuple(expect))
 
 
 def table(*items: Any) -> pytest.MarkDecorator:
@@ -75,17 +56,6 @@ def table(*items: Any) -> pytest.MarkDecorator:
     names = [p.id for p in params]
     assert len(names) == len(set(names)), "duplicate case names"
     return pytest.mark.parametrize("case", params)
-
-
-def write(rel: str, content: str | bytes) -> Setup:
-    def step(ws: Path) -> None:
-        path = ws / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(content, bytes):
-            path.write_bytes(content)
-        else:
-            path.write_text(content, encoding="utf-8")
-    return step
 
 
 def link(rel: str, target: str) -> Setup:

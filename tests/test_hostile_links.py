@@ -18,16 +18,25 @@ Binary cases use the session workspace (tests/conftest.py: ``data/``, ``folds.cs
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import CliResult, run_cli
-from tests.hostile import Case, cases, make_workspace, run_case, snapshot
+from tests.hostile import (
+    Case,
+    Setup,
+    case,
+    cases,
+    copy_tree,
+    make_workspace,
+    remove,
+    run_case,
+    snapshot,
+    write,
+)
 
-Setup = Callable[[Path], None]
 CPU = ("--device", "cpu", "--workers", "1")
 TINY = ("--arch", "unet-plain", "--width", "2", "--epochs", "1", "--batch-size", "8")
 RUN = ("{ws}/folds.csv", "--fold", "0", *TINY, "--out", "{ws}/out", *CPU)
@@ -50,38 +59,6 @@ def link(rel: str, target: str) -> Setup:
         (ws / rel).parent.mkdir(parents=True, exist_ok=True)
         (ws / rel).symlink_to(ws / target)
     return step
-
-
-def write(rel: str, text: str = "keep me") -> Setup:
-    def step(ws: Path) -> None:
-        (ws / rel).parent.mkdir(parents=True, exist_ok=True)
-        (ws / rel).write_text(text)
-    return step
-
-
-def copy(rel: str, to: str) -> Setup:
-    def step(ws: Path) -> None:
-        shutil.copytree(ws / rel, ws / to, symlinks=True)
-    return step
-
-
-def remove(rel: str) -> Setup:
-    def step(ws: Path) -> None:
-        path = ws / rel
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-    return step
-
-
-def case(name: str, *parts: str, setup: Setup | Sequence[Setup],
-         expect: Sequence[str]) -> Case:
-    setups = [setup] if callable(setup) else list(setup)
-
-    def prepare(ws: Path) -> list[str]:
-        for step in setups:
-            step(ws)
-        return [part.replace("{ws}", str(ws)) for part in parts]
-
-    return Case(name, prepare, tuple(expect))
 
 
 def leaving(name: str, *parts: str, at: str, to: str, setup: Sequence[Setup] = ()) -> Case:
@@ -107,16 +84,16 @@ SCORE = ("score", "{ws}/data/train_masks.csv", "{ws}/data/train", "--size", "64x
     leaving("train_overwrite", "train", *RUN, "--overwrite", at="out/config.json",
             to="run/config.json"),
     leaving("train_resume", "train", "--resume", OUT, *CPU, at="out/nerve", to="data/train",
-            setup=[copy("run", "out")]),
+            setup=[copy_tree("run", "out")]),
     leaving("predict_overwrite_class_folder", *PREDICT, "--overwrite", at="out/vessel",
             to="data/test"),
     leaving("predict_resume_provenance", *PREDICT, "--resume", at="out/prediction.json",
-            to="folds.csv", setup=[copy("probs", "out"), remove("out/prediction.json")]),
+            to="folds.csv", setup=[copy_tree("probs", "out"), remove("out/prediction.json")]),
     leaving("predict_masks", *PREDICT, "--masks", "{ws}/m", "--overwrite", at="m/1.png",
             to="data/test/1.tif"),
     leaving("ensemble_class_folder", "ensemble", "{ws}/probs", "{ws}/probs2", "--out", OUT,
             "--overwrite", "--workers", "1", at="out/vessel", to="probs",
-            setup=[copy("probs", "probs2")]),
+            setup=[copy_tree("probs", "probs2")]),
     leaving("crf_overwrite_map", *CRF, "--overwrite", at="out/1.png", to="probs/1.png"),
     leaving("crf_resume_class_folder", *CRF, "--resume", at="out/nerve", to="probs"),
     leaving("score_out", *SCORE, "--out", OUT, "--overwrite", at="out/summary.json",
@@ -191,7 +168,7 @@ MC_CRF = ("crf", "{ws}/probs", "{ws}/data/test", "--out", OUT, "--workers", "1")
 MC_ENSEMBLE = ("ensemble", "{ws}/probs", "{ws}/probs2", "--out", OUT, "--workers", "1")
 DECODE = ("rle-decode", "{ws}/long.csv", "--classes", NAMES, "--size", "32x32", "--out", OUT,
           "--overwrite", "--workers", "1")
-EARLIER = [copy("probs", "out")]  # an earlier output of the same classes
+EARLIER = [copy_tree("probs", "out")]  # an earlier output of the same classes
 
 
 def in_the_way(name: str, *parts: str, setup: Sequence[Setup], at: str = "out/vessel",
@@ -209,7 +186,7 @@ def in_the_way(name: str, *parts: str, setup: Sequence[Setup], at: str = "out/ve
     leaving("crf_resume_class_map", *MC_CRF, "--resume", at="out/nerve/1.png",
             to="probs/nerve/1.png"),
     leaving("ensemble_class_folder_to_its_input", *MC_ENSEMBLE, "--overwrite", at="out/nerve",
-            to="probs/nerve", setup=[copy("probs", "probs2")]),
+            to="probs/nerve", setup=[copy_tree("probs", "probs2")]),
     leaving("rle_decode_class_folder", *DECODE, at="out/nerve", to="data/test"),
     leaving("rle_decode_classes_json", *DECODE, at="out/classes.json",
             to="probs/classes.json"),
@@ -220,7 +197,7 @@ def in_the_way(name: str, *parts: str, setup: Sequence[Setup], at: str = "out/ve
     in_the_way("rle_decode_file_for_a_class_after_a_map_it_replaces", *DECODE,
                setup=[write("out/nerve/1_1.png", "old"), write("out/vessel")]),
     in_the_way("ensemble_file_for_a_class", *MC_ENSEMBLE, "--overwrite",
-               setup=[copy("probs", "probs2"), *EARLIER, remove("out/vessel"),
+               setup=[copy_tree("probs", "probs2"), *EARLIER, remove("out/vessel"),
                       write("out/vessel")]),
     in_the_way("predict_file_for_a_class", *MC_PREDICT, "--overwrite",
                setup=[*EARLIER, remove("out/vessel"), write("out/vessel")]),

@@ -26,7 +26,7 @@ from typing import Any
 import cv2
 import pytest
 
-from nerveseg_cli.inference.export import export_run, file_sha256, sidecar_path
+from nerveseg_cli.inference.export import file_sha256, sidecar_path
 from tests.hostile import Case, run_case
 from tests.test_hostile_data import make_palette_set
 
@@ -69,14 +69,6 @@ def write(path: Path, content: str | bytes) -> Path:
 
 # --------------------------------------------------------------------------------------------
 # 1a. an exported model's sidecar
-
-
-@pytest.fixture(scope="module")
-def exported(hostile_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``hostile_base/run`` exported: pad 64x48, one input channel, binary, no presence."""
-    out = tmp_path_factory.mktemp("exported") / "model.onnx"
-    export_run(hostile_base / "run", out)
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,18 @@ import pytest
 from PIL import Image
 
 from tests.conftest import CliResult, run_cli
-from tests.hostile import Case, cases, make_workspace, run_case, snapshot
+from tests.hostile import (
+    Case,
+    Setup,
+    case,
+    cases,
+    copy_tree,
+    make_workspace,
+    remove,
+    run_case,
+    snapshot,
+    write,
+)
 
 NAMES = ("background", "nerve", "vessel")
 CLASSES = ",".join(NAMES)
@@ -409,42 +420,6 @@ def mc_base(chain: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> 
 @pytest.fixture
 def mc_workspace(mc_base: Path, tmp_path: Path) -> Path:
     return make_workspace(mc_base, tmp_path / "ws")
-
-
-Setup = Callable[[Path], None]
-
-
-def case(name: str, *parts: str, setup: Setup | Sequence[Setup] = (),
-         expect: Sequence[str] = ()) -> Case:
-    """A case: run the setups, then ``nerveseg PARTS`` with ``{ws}`` the workspace."""
-    setups = [setup] if callable(setup) else list(setup)
-
-    def prepare(ws: Path) -> list[str]:
-        for step in setups:
-            step(ws)
-        return [part.replace("{ws}", str(ws)) for part in parts]
-
-    return Case(name, prepare, tuple(expect))
-
-
-def write(rel: str, text: str) -> Setup:
-    def step(ws: Path) -> None:
-        (ws / rel).parent.mkdir(parents=True, exist_ok=True)
-        (ws / rel).write_text(text)
-    return step
-
-
-def remove(rel: str) -> Setup:
-    def step(ws: Path) -> None:
-        path = ws / rel
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-    return step
-
-
-def copy_tree(rel: str, to: str) -> Setup:
-    def step(ws: Path) -> None:
-        shutil.copytree(ws / rel, ws / to)
-    return step
 
 
 def label_value(rel: str, value: int) -> Setup:

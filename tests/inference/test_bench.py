@@ -12,17 +12,10 @@ import pytest
 from typer.testing import CliRunner
 
 from nerveseg_cli.cli import app
-from nerveseg_cli.inference.export import export_run, sidecar_path
+from nerveseg_cli.inference.export import sidecar_path
 from tests.conftest import ANSI, CLI_ENV, assert_one_line_error
 
 QUICK = ["--frames", "5", "--batch-sizes", "1,2", "--device", "cpu"]
-
-
-@pytest.fixture(scope="module")
-def exported(hostile_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("bench") / "model.onnx"
-    export_run(hostile_base / "run", out)
-    return out
 
 
 def test_json_has_ordered_percentiles_and_the_best_batch(cli, hostile_base: Path) -> None:

@@ -29,7 +29,6 @@ from nerveseg_cli.inference.export import (
     MASK,
     PRESENCE,
     export_model,
-    export_run,
     file_sha256,
     sidecar_path,
 )
@@ -190,14 +189,6 @@ def test_a_geometry_the_network_cannot_run_at_is_one_error() -> None:
 
 # --------------------------------------------------------------------------------------------
 # the command line
-
-
-@pytest.fixture(scope="module")
-def exported(hostile_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``hostile_base/run`` exported (tests copy it before changing it)."""
-    out = tmp_path_factory.mktemp("exported") / "model.onnx"
-    export_run(hostile_base / "run", out)
-    return out
 
 
 @pytest.fixture(scope="module")

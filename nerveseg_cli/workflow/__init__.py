@@ -1,6 +1,8 @@
-"""The competition pipeline as a Snakemake workflow (docs/workflow.md), shipped with the package.
+"""The Pipeline panel's package: the competition pipeline as a Snakemake workflow
+(docs/workflow.md), shipped with the package, and ``demo`` (:mod:`~nerveseg_cli.workflow.demo`:
+the whole pipeline in one process, on synthetic data).
 
-What lies here, in the layout of the Snakemake workflow catalogue:
+What lies here for the workflow, in the layout of the Snakemake workflow catalogue:
 
 * ``Snakefile``: the rules, each one plain ``nerveseg`` command. A project made by
   ``nerveseg workflow init`` holds a two-line Snakefile that includes this one, so upgrading

@@ -188,6 +188,7 @@ EXPENSIVE_FIXTURES = {
     "tests/workflow/test_workflow.py": {"binary", "several"},
     "tests/train/test_distributed.py": {"ddp"},
     "tests/train/test_train.py": {"straight"},
+    "tests/workflow/test_slurm.py": {"cluster"},  # one cluster: its tests on one worker
 }
 
 # What to start first, longest first (the setup of the module fixture, or the test, from

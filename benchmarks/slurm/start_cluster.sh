@@ -61,8 +61,8 @@ if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null \
     say "installing slurm-wlm and munge with apt-get"
     if ! apt_install >"$DIR/log/apt.log" 2>&1; then
         say "apt-get install failed without an update; running apt-get update"
-        apt-get update -q >>"$DIR/log/apt.log" 2>&1 || { tail -20 "$DIR/log/apt.log" >&2; die "apt-get update failed"; }
-        apt_install >>"$DIR/log/apt.log" 2>&1 || { tail -20 "$DIR/log/apt.log" >&2; die "apt-get install slurm-wlm munge failed"; }
+        apt-get update -q >>"$DIR/log/apt.log" 2>&1 || { tail -n 20 "$DIR/log/apt.log" >&2; die "apt-get update failed"; }
+        apt_install >>"$DIR/log/apt.log" 2>&1 || { tail -n 20 "$DIR/log/apt.log" >&2; die "apt-get install slurm-wlm munge failed"; }
     fi
     [[ -n $policy ]] && rm -f "$policy"
     say "apt install took $(since "$t0") s"
@@ -171,10 +171,10 @@ if alive "$DIR/run/slurmctld.pid"; then
     scontrol reconfigure >/dev/null 2>&1 || true
 else
     # -c: forget jobs of an earlier cluster in this scratch folder
-    slurmctld -f "$CONF" -c || { tail -30 "$DIR/log/slurmctld.log" >&2; die "slurmctld failed to start"; }
+    slurmctld -f "$CONF" -c || { tail -n 30 "$DIR/log/slurmctld.log" >&2; die "slurmctld failed to start"; }
 fi
 if ! alive "$DIR/run/slurmd.pid"; then
-    slurmd -f "$CONF" || { tail -30 "$DIR/log/slurmd.log" >&2; die "slurmd failed to start"; }
+    slurmd -f "$CONF" || { tail -n 30 "$DIR/log/slurmd.log" >&2; die "slurmd failed to start"; }
 fi
 
 # --- 5. wait for the node ------------------------------------------------------------------
@@ -191,7 +191,7 @@ while (( $(date +%s) < deadline )); do
 done
 if [[ $state != idle && $state != mix && $state != alloc ]]; then
     say "node $host is ${state:-not reported} after ${TIMEOUT} s; the logs:"
-    tail -20 "$DIR/log/slurmctld.log" "$DIR/log/slurmd.log" >&2 || true
+    tail -n 20 "$DIR/log/slurmctld.log" "$DIR/log/slurmd.log" >&2 || true
     exit 1
 fi
 say "cluster up in $(since "$t1") s: node $host ($cpus CPUs, ${mem} MB, ${defmem} MB per CPU by default) $state; SLURM_CONF=$CONF"

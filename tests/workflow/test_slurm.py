@@ -15,6 +15,7 @@ status check fails and Snakemake waits forever: the workflows use
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import shutil
@@ -174,6 +175,11 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[Path]:
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
+    # One user of the cluster at a time: another pytest process (an xdist worker given a test
+    # of this module, a second run) waits here, instead of starting the daemons over this one's
+    # and stopping them under its workflow (CI stop 30: the SMOKE workflow lost its controller).
+    holder = (SCRATCH.parent / f"{SCRATCH.name}.lock").open("w")
+    fcntl.flock(holder, fcntl.LOCK_EX)
     previous = signal.signal(signal.SIGTERM, interrupt)
     start = time.monotonic()
     try:
@@ -200,6 +206,7 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[Path]:
         for line in stop.stderr.splitlines():
             _report(line, request.config)
         signal.signal(signal.SIGTERM, previous)
+        holder.close()  # the lock goes with the file
         TIMINGS["module total"] = time.monotonic() - start
         _report("SLURM timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in TIMINGS.items()),
                 request.config)

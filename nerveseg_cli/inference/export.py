@@ -15,8 +15,8 @@ outputs (logits) must equal torch's within :data:`TOLERANCE` of their scale (the
 logit; logits are unbounded, and a random-init ResNet's reach 80), else the export is refused,
 saying by how much they differ. The sidecar records the differences, in probability too.
 
-This module does not import torch at load time: reading a sidecar (:func:`load_exported`) is
-part of ``predict --engine onnxruntime``'s torch-free path.
+The sidecar itself, and reading it back (``predict --engine onnxruntime``'s torch-free path),
+are :mod:`.exported`'s; this module does not import torch at load time either.
 """
 
 from __future__ import annotations
@@ -54,7 +54,6 @@ if TYPE_CHECKING:
 DEFAULT_OPSET = 17
 OPSETS = range(13, 21)  # what the TorchScript-based exporter writes and ONNX Runtime reads
 TOLERANCE = 1e-4  # largest difference of ONNX Runtime's logits from torch's, of their scale
-
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,8 +12,9 @@ probabilities and maps them back to each image's size:
   OpenCV. A run folder given to it is exported on the fly, in memory. Its path from an
   ``.onnx`` file to the maps never imports torch.
 
-:class:`ModelInfo` is what the predictor needs to know about a model, from a run's config.json
-or an exported model's sidecar alike.
+What the predictor needs to know about a model (:func:`read_model_info`) is a
+:class:`~nerveseg_cli.inference.model_info.ModelInfo`, from a run's config.json or an exported
+model's sidecar alike; ONNX Runtime's session comes from :mod:`nerveseg_cli.inference.ort`.
 """
 
 from __future__ import annotations

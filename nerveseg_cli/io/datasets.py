@@ -8,7 +8,7 @@ import functools
 import io
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +50,34 @@ def validate_id(sample_id: str, where: str) -> str:
                             f"characters; at most {MAX_ID_LENGTH} (file names are limited to "
                             "255 bytes)")
     return sample_id
+
+
+class IdRegister:
+    """The ids of one input, each once: a repeat is an error naming where the id came first.
+    An id names the files made from it, so an id that differs from an earlier one only in case
+    (``A1`` after ``a1``) is refused too: on a case-insensitive file system (macOS's and
+    Windows' defaults) both would write one file, the second over the first."""
+
+    def __init__(self) -> None:
+        self._first: dict[tuple[str, Hashable], str] = {}  # (id, also) -> where it came first
+        self._spelling: dict[str, tuple[str, str]] = {}  # folded id -> (the id, where first)
+
+    def add(self, sample_id: str, where: str, first: str, *, also: Hashable = None,
+            label: str = "") -> str:
+        """Record ``sample_id`` (with ``also``, e.g. its class, where an input may repeat an
+        id with another one), seen ``first`` (``on line 3``, ``in 1_1.tif``), else raise an
+        error at ``where``; ``label`` shows ``also`` in the message."""
+        earlier = self._first.get((sample_id, also))
+        if earlier is not None:
+            raise NervesegError(f"{where}: duplicate id {sample_id!r}{label} (first {earlier})")
+        spelled, spelled_first = self._spelling.setdefault(sample_id.casefold(),
+                                                           (sample_id, first))
+        if spelled != sample_id:
+            raise NervesegError(f"{where}: id {sample_id!r} differs from {spelled!r} (first "
+                                f"{spelled_first}) only in case: the files named after them "
+                                "would be one on a case-insensitive file system")
+        self._first[(sample_id, also)] = first
+        return sample_id
 
 
 @functools.lru_cache(maxsize=16)
@@ -186,11 +214,9 @@ def _image_files(folder: Path) -> list[Path]:
 
 def _by_stem(files: Iterable[Path], folder: Path) -> dict[str, Path]:
     found: dict[str, Path] = {}
+    ids = IdRegister()
     for file in files:
-        stem = validate_id(file.stem, str(file))
-        if stem in found:
-            raise NervesegError(f"{folder}: two files share the id {stem!r}: "
-                                f"{found[stem].name} and {file.name}")
+        stem = ids.add(validate_id(file.stem, str(file)), str(file), f"in {file.name}")
         found[stem] = file
     return found
 
@@ -339,17 +365,15 @@ def read_manifest_columns(path: str | Path) -> tuple[list[Sample], dict[str, lis
                  if name not in MANIFEST_COLUMNS and name}
     extra: dict[str, list[str]] = {name: [] for name in extra_col}
     samples: list[Sample] = []
-    seen: set[str] = set()
+    ids = IdRegister()
     for line, row in rows:
         if len(row) != len(header):
             raise NervesegError(f"{path}, line {line}: {len(row)} fields, but the header has "
                                 f"{len(header)} ({','.join(header)})")
         for name, index in extra_col.items():
             extra[name].append(row[index].strip())
-        sample_id = validate_id(row[col["id"]].strip(), f"{path}, line {line}")
-        if sample_id in seen:
-            raise NervesegError(f"{path}, line {line}: duplicate id {sample_id!r}")
-        seen.add(sample_id)
+        sample_id = ids.add(validate_id(row[col["id"]].strip(), f"{path}, line {line}"),
+                            f"{path}, line {line}", f"on line {line}")
         image = _manifest_path(row[col["image"]].strip(), path.parent)
         mask = _manifest_path(row[col["mask"]].strip(), path.parent)
         flag = row[col["has_mask"]].strip()

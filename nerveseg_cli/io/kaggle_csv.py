@@ -27,7 +27,7 @@ import numpy as np
 
 from nerveseg_cli.classes import MAX_CLASSES, Classes
 from nerveseg_cli.errors import NervesegError
-from nerveseg_cli.io.datasets import read_csv_rows, sort_ids, validate_id
+from nerveseg_cli.io.datasets import IdRegister, read_csv_rows, sort_ids, validate_id
 from nerveseg_cli.io.rle import RleError, parse_runs
 from nerveseg_cli.names import validate_name
 
@@ -82,17 +82,14 @@ def read_rle_csv(path: str | Path) -> RleTable:
     header, lines = read_csv_rows(path)
     fmt = csv_format(header, path)
     rows: list[RleRow] = []
-    seen: dict[tuple[str, str], int] = {}
+    ids = IdRegister()
     for line, row in lines:
         where = f"{path}, line {line}"
         if len(row) != len(header):
             raise NervesegError(f"{where}: expected {len(header)} fields, found {len(row)}")
         parsed = _row(fmt, header, row, line, where)
-        key = (parsed.id, parsed.klass)
-        if key in seen:
-            shown = f"{parsed.id!r}" + (f" class {parsed.klass!r}" if parsed.klass else "")
-            raise NervesegError(f"{where}: duplicate id {shown} (first on line {seen[key]})")
-        seen[key] = line
+        ids.add(parsed.id, where, f"on line {line}", also=parsed.klass,
+                label=f" class {parsed.klass!r}" if parsed.klass else "")
         rows.append(parsed)
     return RleTable(path, fmt, rows)
 
@@ -232,13 +229,11 @@ def read_ids_file(path: str | Path) -> list[str]:
     column = header.index("img") if "img" in header else header.index("id") \
         if "id" in header else 0
     ids: list[str] = []
-    seen: set[str] = set()
+    register = IdRegister()
     for line, row in lines:
-        sample_id = validate_id(row[column].strip(), f"{path}, line {line}")
-        if sample_id in seen:
-            raise NervesegError(f"{path}, line {line}: duplicate id {sample_id!r}")
-        seen.add(sample_id)
-        ids.append(sample_id)
+        where = f"{path}, line {line}"
+        ids.append(register.add(validate_id(row[column].strip(), where), where,
+                                f"on line {line}"))
     if not ids:
         raise NervesegError(f"{path}: no ids")
     return ids

@@ -37,7 +37,7 @@ from nerveseg_cli import __version__
 from nerveseg_cli.classes import CLASSES_JSON, Classes, read_classes
 from nerveseg_cli.crosscheck import disagree
 from nerveseg_cli.errors import NervesegError, require_folder, warn
-from nerveseg_cli.io.datasets import read_csv_rows, sort_ids, validate_id
+from nerveseg_cli.io.datasets import IdRegister, read_csv_rows, sort_ids, validate_id
 from nerveseg_cli.io.images import PNG_SIGNATURE
 from nerveseg_cli.io.outputs import atomic_write_text, write_image
 from nerveseg_cli.records import json_text, read_json_object
@@ -126,6 +126,7 @@ def list_probability_files(folder: Path) -> dict[str, Path]:
     """id -> ``ID.png`` for a probability folder, in numeric id order; strict about the rest."""
     require_folder(folder, "a probability folder (ID.png maps)")
     files: dict[str, Path] = {}
+    ids = IdRegister()
     for entry in sorted(folder.iterdir()):
         name = entry.name
         if name.startswith(".") or entry.is_dir():
@@ -136,10 +137,7 @@ def list_probability_files(folder: Path) -> dict[str, Path]:
         if suffix != ".png":
             raise NervesegError(f"{entry}: not a PNG file (a probability folder holds "
                                 "single-channel 8-bit ID.png maps)")
-        sample_id = validate_id(entry.stem, str(folder))
-        if sample_id in files:
-            raise NervesegError(f"{folder}: two files share the id {sample_id!r}: "
-                                f"{files[sample_id].name} and {name}")
+        sample_id = ids.add(validate_id(entry.stem, str(folder)), str(entry), f"in {name}")
         files[sample_id] = entry
     if not files:
         raise NervesegError(f"{folder}: no probability maps (ID.png) found")
@@ -179,13 +177,12 @@ def read_presence(path: str | Path) -> dict[str, float]:
         raise NervesegError(f"{path}: header must start with id,presence, not "
                             f"{','.join(header)!r}")
     presence: dict[str, float] = {}
+    ids = IdRegister()
     for line, row in rows:
         where = f"{path}, line {line}"
         if len(row) < 2:
             raise NervesegError(f"{where}: expected id,presence")
-        sample_id = validate_id(row[0].strip(), where)
-        if sample_id in presence:
-            raise NervesegError(f"{where}: duplicate id {sample_id!r}")
+        sample_id = ids.add(validate_id(row[0].strip(), where), where, f"on line {line}")
         try:
             value = float(row[1])
         except ValueError:

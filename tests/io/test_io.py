@@ -123,10 +123,19 @@ def test_discover_generic_folder_and_maps(tmp_path: Path) -> None:
     assert list(discover_maps(tmp_path / "images")) == ["a", "b", "c"]
 
 
+def test_ids_differing_only_in_case_are_an_error(tmp_path: Path) -> None:
+    """Their outputs would be one file on macOS or Windows: refused, naming both files."""
+    for name in ("A1.png", "a1.png", "b.png"):
+        write_image(tmp_path / name, np.zeros((2, 2), np.uint8))
+    with pytest.raises(NervesegError, match=r"a1.png: id 'a1' differs from 'A1' \(first in "
+                                            r"A1.png\) only in case"):
+        discover_images(tmp_path)
+
+
 def test_duplicate_stems_are_an_error(tmp_path: Path) -> None:
     write_image(tmp_path / "a.png", np.zeros((2, 2), np.uint8))
     write_image(tmp_path / "a.tif", np.zeros((2, 2), np.uint8))
-    with pytest.raises(NervesegError, match="two files share the id 'a'"):
+    with pytest.raises(NervesegError, match="duplicate id 'a' \\(first in a\\."):
         discover_images(tmp_path)
 
 
@@ -154,6 +163,8 @@ def test_manifest_round_trip(tmp_path: Path, synth_root: Path) -> None:
     ("id,image\n", "lacks column(s) mask, subject, has_mask"),
     ("id,image,mask,subject,has_mask\n../x,a.png,,s,\n", "line 2: id '../x'"),
     ("id,image,mask,subject,has_mask\na,a.png,,s,\na,b.png,,s,\n", "line 3: duplicate id"),
+    ("id,image,mask,subject,has_mask\nCase_1,a.png,,s,\ncase_1,b.png,,s,\n",
+     "line 3: id 'case_1' differs from 'Case_1' (first on line 2) only in case"),
     ("id,image,mask,subject,has_mask\na,a.png,,s,yes\n", "has_mask must be"),
 ])
 def test_bad_manifests(tmp_path: Path, content: str, fragment: str) -> None:

@@ -60,7 +60,7 @@ def class_sets(draw: st.DrawFn) -> tuple[Classes, int, int, dict[str, list[np.nd
                           min_size=1, max_size=4, unique_by=str.casefold))
     classes = Classes(("background", *names))
     height, width = draw(st.integers(1, 8)), draw(st.integers(1, 8))
-    ids = draw(st.lists(IMAGE_ID, min_size=1, max_size=3, unique=True))
+    ids = draw(st.lists(IMAGE_ID, min_size=1, max_size=3, unique_by=str.casefold))
     mask = arrays(bool, (height, width))
     masks = {i: [draw(mask) for _ in names] for i in ids}
     return classes, height, width, masks
@@ -227,6 +227,8 @@ def _error(path: Path, classes: Classes | None = None, size: tuple[int, int] = (
     ("1,\uff11,\n", "is not a class index"),  # a full-width one
     ("1,1,1 1\n1,1,\n", "line 3: duplicate id '1' class '1' (first on line 2)"),
     ("1,1,1 1\n1,01,\n", "line 3: duplicate id '1' class '1'"),
+    ("a1,1,1 1\nA1,1,\n", "line 3: id 'A1' differs from 'a1' (first on line 2) only in case"),
+    ("a1,1,1 1\na1,2,\nA1,2,\n", "line 4: id 'A1' differs from 'a1' (first on line 2) only"),
     ("1,1,1 2 3\n", "line 2 (id 1): odd number of tokens"),
     ("1,1,1 3 2 1\n", "line 2 (id 1): run 2 (2 1) overlaps the previous run"),
     ("1,1,4 1 1 1\n", "is out of order"),

@@ -138,6 +138,7 @@ def test_presence_round_trip_and_folder_check(tmp_path: Path) -> None:
     ("id,presence\n1,maybe\n", "line 2: presence 'maybe' is not a number"),
     ("id,presence\n1,1.5\n", "line 2: presence 1.5 is outside"),
     ("id,presence\n1,0.5\n1,0.2\n", "line 3: duplicate id"),
+    ("id,presence\nb1,0.5\nB1,0.2\n", "line 3: id 'B1' differs from 'b1' .first on line 2. only"),
     ("id,presence\n../x,0.5\n", "not a safe file name"),
 ])
 def test_presence_is_read_strictly(tmp_path: Path, text: str, fragment: str) -> None:

@@ -115,6 +115,7 @@ def test_train_format_needs_subject_ids() -> None:
 @pytest.mark.parametrize(("content", "fragment"), [
     ("a,b\n1,\n", "neither"),
     ("img,pixels\n1,1 1\n1,\n", "line 3: duplicate id '1'"),
+    ("img,pixels\nx_1,1 1\nX_1,\n", "line 3: id 'X_1' differs from 'x_1'"),
     ("img,pixels\n../evil,\n", "line 2: id '../evil' is not a safe file name"),
     ("img,pixels\n/abs,\n", "not a safe file name"),
     ("subject,img,pixels\n1,,\n", "line 2: empty subject"),

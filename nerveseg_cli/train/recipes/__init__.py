@@ -14,7 +14,7 @@ A recipe is a JSON file (docs/recipes.md)::
 ``task`` (optional, ``binary`` by default) is ``multiclass`` for a recipe made for several
 classes, which then needs ``--classes`` (the class list belongs to the data, not the recipe).
 
-``train`` keys are :class:`~nerveseg_cli.train.TrainOptions` fields (the ``nerveseg train``
+``train`` keys are :class:`~nerveseg_cli.train.options.TrainOptions` fields (the ``nerveseg train``
 flags with ``_`` for ``-``); ``predict`` keys are :data:`PREDICT_KEYS`, where ``crf`` is
 ``false``, ``true`` (the CRF's defaults) or an object of
 :class:`~nerveseg_cli.inference.crf.CrfParams`
